@@ -1,0 +1,52 @@
+# whyprobe: `make demo` and `make test` set up everything on a fresh Debian 12 host.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+BPF_DIR := src/whyprobe/bpf
+BPF_SRC := $(wildcard $(BPF_DIR)/*.bpf.c)
+BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
+CLANG   ?= clang
+STRIP   ?= llvm-strip
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BPF_DIR)
+
+.PHONY: setup deps venv bpf demo test test-unit bench clean
+
+setup: deps venv bpf
+
+# System packages: clang/llvm build the BPF objects, libbpf is loaded at run time.
+deps: .stamp-deps
+.stamp-deps:
+	@if command -v $(CLANG) >/dev/null && command -v $(STRIP) >/dev/null && command -v bpftool >/dev/null \
+	    && [ -f /usr/include/bpf/bpf_helpers.h ] && ldconfig -p | grep -q 'libbpf.so.1' \
+	    && command -v sqlite3 >/dev/null && command -v git >/dev/null; then :; else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    clang llvm libbpf-dev bpftool sqlite3 git gcc make iproute2 ; fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+bpf: $(BPF_OBJ)
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(wildcard $(BPF_DIR)/*.h) | deps
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(STRIP) -g $@
+
+demo: setup
+	$(VENV)/bin/whyprobe demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -rs
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+clean:
+	rm -f $(BPF_OBJ) .stamp-deps
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from whyprobe.commands import main
+
+sys.exit(main())

@@ -1,0 +1,14 @@
+"""`whyprobe check` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("check")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("check is not built yet")

@@ -1,0 +1,14 @@
+"""`whyprobe export` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("export is not built yet")

@@ -1,0 +1,14 @@
+"""`whyprobe footprint` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("footprint")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("footprint is not built yet")

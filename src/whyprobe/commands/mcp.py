@@ -1,0 +1,14 @@
+"""`whyprobe mcp` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mcp")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("mcp is not built yet")

@@ -1,0 +1,14 @@
+"""`whyprobe merge` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("merge")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("merge is not built yet")

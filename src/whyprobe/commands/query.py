@@ -1,0 +1,14 @@
+"""`whyprobe query` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("query")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("query is not built yet")

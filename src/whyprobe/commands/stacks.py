@@ -1,0 +1,14 @@
+"""`whyprobe stacks` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("stacks")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("stacks is not built yet")

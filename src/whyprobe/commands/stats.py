@@ -1,0 +1,14 @@
+"""`whyprobe stats` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("stats")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("stats is not built yet")

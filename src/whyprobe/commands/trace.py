@@ -1,0 +1,14 @@
+"""`whyprobe trace` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from whyprobe.errors import CommandError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("trace")
+    def _cmd() -> None:
+        """Not built yet."""
+        raise CommandError("trace is not built yet")

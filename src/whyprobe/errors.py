@@ -1,0 +1,23 @@
+"""The one error module: every expected failure is a WhyprobeError with a sentence."""
+
+from __future__ import annotations
+
+
+class WhyprobeError(Exception):
+    """An expected failure, reported to the user as one line (no traceback)."""
+
+
+class CommandError(WhyprobeError):
+    """A command cannot go on; `exit_code` is what the process exits with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StoreError(WhyprobeError):
+    """A database is missing, corrupt, of an unknown version, or not a trace."""
+
+
+class ConfigError(WhyprobeError):
+    """A configuration file or value is invalid."""

@@ -1,0 +1,211 @@
+"""Record layouts (numpy mirrors of bpf/whyprobe.h) and the source/op registry.
+
+The C header is the authority on layout; tests check these dtypes against the
+BTF of the compiled objects. Source and op ids 1-7 follow Ingero's tables so
+its databases read unchanged; names are the real API function names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+COMM_LEN = 16
+CHUNK_LEN = 4096
+
+EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("duration_ns", "<u8"),
+        ("arg0", "<u8"),
+        ("arg1", "<u8"),
+        ("arg2", "<u8"),
+        ("aux", "<u8"),
+        ("cgroup_id", "<u8"),
+        ("ret", "<i8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("cpu", "<u4"),
+        ("stack_id", "<i4"),
+        ("source", "<u2"),
+        ("op", "<u2"),
+        ("flags", "<u4"),
+        ("comm", f"S{COMM_LEN}"),
+    ]
+)
+assert EVENT_DTYPE.itemsize == 104
+
+PAYLOAD_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("conn", "<u8"),
+        ("offset", "<u8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("fd", "<i4"),
+        ("len", "<u4"),
+        ("total", "<u4"),
+        ("kind", "<u2"),
+        ("flags", "<u2"),
+    ]
+)
+assert PAYLOAD_DTYPE.itemsize == 48
+
+# Flags on an event (WP_F_* in whyprobe.h).
+F_PTSZ = 1 << 0
+F_NO_RETURN = 1 << 1
+F_PREEMPTED = 1 << 2
+F_HAS_PAYLOAD = 1 << 3
+F_HAS_PYSTACK = 1 << 4
+
+
+class Source(IntEnum):
+    CUDA = 1
+    NVIDIA = 2
+    HOST = 3
+    DRIVER = 4
+    IO = 5
+    TCP = 6
+    NET = 7
+    SYSCALL = 8
+    CUSTOM = 9
+
+
+class PayloadKind(IntEnum):
+    PATH = 1
+    ARGV = 2
+    SOCKADDR = 3
+    READ = 4
+    WRITE = 5
+    SSL_READ = 6
+    SSL_WRITE = 7
+
+
+PL_TRUNCATED = 1 << 0
+
+SOURCE_DESCRIPTIONS = {
+    Source.CUDA: "CUDA runtime API (libcudart) - uprobes",
+    Source.NVIDIA: "NVIDIA kernel driver - reserved, not traced",
+    Source.HOST: "Host kernel events - scheduler, process lifecycle, memory",
+    Source.DRIVER: "CUDA driver API (libcuda) - uprobes",
+    Source.IO: "Block I/O - block_rq_issue/block_rq_complete",
+    Source.TCP: "TCP - tcp_retransmit_skb",
+    Source.NET: "Socket send/recv syscalls",
+    Source.SYSCALL: "Individual syscalls of traced processes (op = x86_64 syscall number)",
+    Source.CUSTOM: "User-configured uprobes (op = index in the config's probes.uprobes)",
+}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    source: Source
+    op: int
+    name: str
+    description: str
+
+
+def _ops(source: Source, rows: list[tuple[int, str, str]]) -> list[OpInfo]:
+    return [OpInfo(source, op, name, desc) for op, name, desc in rows]
+
+
+# For sched_switch: ts_ns = switch-out, duration_ns = off-CPU time, arg0 = prev_state,
+# arg1 = tid that took the CPU, arg2 = CPU switched out on, aux = waker tid (0 = unknown),
+# ret = waker pid; F_PREEMPTED set when the thread was still runnable.
+OPS: list[OpInfo] = (
+    _ops(
+        Source.CUDA,
+        [
+            (1, "cudaMalloc", "Device memory allocation (arg0 = bytes, arg1 = returned pointer)"),
+            (2, "cudaFree", "Device memory free (arg0 = pointer)"),
+            (3, "cudaLaunchKernel", "Kernel launch (arg0 = function, arg1 = grid x*y*z, arg2 = stream)"),
+            (4, "cudaMemcpy", "Synchronous copy (arg0 = bytes, arg1 = cudaMemcpyKind)"),
+            (5, "cudaStreamSynchronize", "Wait for a stream (arg2 = stream)"),
+            (6, "cudaDeviceSynchronize", "Wait for all work on the device"),
+            (7, "cudaMemcpyAsync", "Asynchronous copy (arg0 = bytes, arg1 = kind, arg2 = stream)"),
+            (8, "cudaMallocManaged", "Unified memory allocation (arg0 = bytes)"),
+            (9, "cudaMallocAsync", "Stream-ordered allocation (arg0 = bytes, arg2 = stream)"),
+            (10, "cudaMallocHost", "Pinned host allocation (arg0 = bytes)"),
+            (11, "cudaHostAlloc", "Pinned host allocation (arg0 = bytes, arg1 = flags)"),
+            (12, "cudaFreeAsync", "Stream-ordered free (arg0 = pointer, arg2 = stream)"),
+            (13, "cudaLaunchKernelExC", "Kernel launch with config (arg0 = function, arg2 = stream)"),
+            (14, "cudaGraphLaunch", "CUDA graph launch (arg0 = graph exec, arg2 = stream)"),
+            (15, "cudaMemcpy2D", "2D copy (arg0 = width*height bytes, arg1 = kind)"),
+            (16, "cudaMemcpy2DAsync", "2D async copy (arg0 = bytes, arg1 = kind, arg2 = stream)"),
+            (17, "cudaMemcpyPeer", "Peer copy (arg0 = bytes)"),
+            (18, "cudaMemcpyPeerAsync", "Peer async copy (arg0 = bytes, arg2 = stream)"),
+            (19, "cudaMemset", "Memset (arg0 = bytes, arg1 = value)"),
+            (20, "cudaMemsetAsync", "Async memset (arg0 = bytes, arg1 = value, arg2 = stream)"),
+            (21, "cudaEventSynchronize", "Wait for an event (arg0 = event)"),
+            (22, "cudaStreamWaitEvent", "Make a stream wait for an event (arg2 = stream)"),
+            (23, "cudaEventQuery", "Poll an event (arg0 = event)"),
+            (24, "cudaStreamQuery", "Poll a stream (arg2 = stream)"),
+        ],
+    )
+    + _ops(
+        Source.HOST,
+        [
+            (1, "sched_switch", "Off-CPU interval of a traced thread (duration = off-CPU time)"),
+            (2, "sched_wakeup", "A traced thread was woken (arg1 = waker tid)"),
+            (3, "mm_page_alloc", "Kernel page allocation (arg0 = bytes)"),
+            (4, "oom_kill", "Out-of-memory killer invoked"),
+            (5, "process_exec", "execve (detail = filename and argv head)"),
+            (6, "process_exit", "Process exited (ret = exit code)"),
+            (7, "process_fork", "Process forked (arg0 = child pid, auto-enrolled)"),
+            (8, "page_fault", "User page fault (arg0 = address)"),
+        ],
+    )
+    + _ops(
+        Source.DRIVER,
+        [
+            (1, "cuLaunchKernel", "Kernel launch via driver API (arg0 = function, arg2 = stream)"),
+            (2, "cuMemcpy", "Synchronous copy via driver API (arg0 = bytes, arg1 = kind)"),
+            (3, "cuMemcpyAsync", "Asynchronous copy via driver API (arg0 = bytes, arg1 = kind, arg2 = stream)"),
+            (4, "cuCtxSynchronize", "Wait for all work in the context"),
+            (5, "cuMemAlloc", "Device allocation via driver API (arg0 = bytes)"),
+            (6, "cuMemAllocManaged", "Unified memory allocation via driver API (arg0 = bytes)"),
+            (7, "cuLaunchKernelEx", "Kernel launch with config via driver API (arg0 = function)"),
+            (8, "cuGraphLaunch", "CUDA graph launch via driver API (arg2 = stream)"),
+            (9, "cuMemAllocAsync", "Stream-ordered allocation via driver API (arg0 = bytes)"),
+            (10, "cuMemFree", "Device free via driver API (arg0 = pointer)"),
+            (11, "cuStreamSynchronize", "Wait for a stream via driver API (arg2 = stream)"),
+            (12, "cuEventSynchronize", "Wait for an event via driver API"),
+            (13, "cuMemMap", "Map a VMM allocation (arg0 = bytes)"),
+            (14, "cuMemCreate", "Create a VMM allocation (arg0 = bytes)"),
+        ],
+    )
+    + _ops(
+        Source.IO,
+        [
+            (1, "block_read", "Block read request (arg0 = bytes, arg1 = device, arg2 = sector)"),
+            (2, "block_write", "Block write request (arg0 = bytes, arg1 = device, arg2 = sector)"),
+            (3, "block_discard", "Block discard/trim request (arg0 = bytes)"),
+            (4, "block_flush", "Block flush request"),
+        ],
+    )
+    + _ops(Source.TCP, [(1, "tcp_retransmit", "TCP segment retransmission (detail = endpoints, state)")])
+    + _ops(
+        Source.NET,
+        [
+            (1, "net_send", "Socket send syscall (arg0 = bytes, arg1 = fd)"),
+            (2, "net_recv", "Socket receive syscall (arg0 = bytes, arg1 = fd)"),
+        ],
+    )
+)
+
+_BY_KEY = {(o.source, o.op): o for o in OPS}
+_BY_NAME = {o.name: o for o in OPS}
+
+
+def op_info(source: int, op: int) -> OpInfo | None:
+    return _BY_KEY.get((Source(source), op)) if source in Source._value2member_map_ else None
+
+
+def op_by_name(name: str) -> OpInfo | None:
+    return _BY_NAME.get(name)
+
+
+def op_name(source: int, op: int) -> str:
+    info = op_info(source, op)
+    return info.name if info else f"{source}:{op}"

@@ -1,0 +1,134 @@
+"""Read-only access to whyprobe and Ingero databases.
+
+Every reader opens the file read-only (`mode=ro` URI + `PRAGMA query_only`), so
+analysis can never modify a trace. Ingero files lack some of our columns; the
+loader fills them with neutral defaults and `TraceDB.flavor` says which it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from whyprobe.errors import StoreError
+
+# Columns every loaded event array has, whatever the file's flavor.
+EVENT_COLUMNS = np.dtype(
+    [
+        ("id", "<i8"),
+        ("timestamp", "<i8"),
+        ("pid", "<i8"),
+        ("tid", "<i8"),
+        ("source", "<i8"),
+        ("op", "<i8"),
+        ("duration", "<i8"),
+        ("arg0", "<i8"),
+        ("arg1", "<i8"),
+        ("arg2", "<i8"),
+        ("aux", "<i8"),
+        ("ret_code", "<i8"),
+        ("cpu", "<i8"),
+        ("stack_hash", "<i8"),
+        ("flags", "<i8"),
+    ]
+)
+
+_DEFAULTS = {"arg2": "0", "aux": "0", "cpu": "-1", "flags": "0", "stack_hash": "0"}
+
+
+@dataclass
+class TraceDB:
+    path: Path
+    conn: sqlite3.Connection
+    flavor: str  # "whyprobe" | "ingero"
+    tables: frozenset[str]
+    columns: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def has(self, table: str, column: str | None = None) -> bool:
+        if table not in self.tables:
+            return False
+        return column is None or column in self.columns.get(table, frozenset())
+
+    def op_names(self) -> dict[tuple[int, int], str]:
+        if not self.has("ops"):
+            return {}
+        return {(s, o): n for s, o, n in self.conn.execute("SELECT source_id, op_id, name FROM ops")}
+
+    def source_names(self) -> dict[int, str]:
+        if not self.has("sources"):
+            return {}
+        return dict(self.conn.execute("SELECT id, name FROM sources"))
+
+    def load_events(self, where: str = "", params: tuple = ()) -> np.ndarray:
+        """All events (optionally filtered by a SQL WHERE clause) as an EVENT_COLUMNS array."""
+        cols = []
+        have = self.columns.get("events", frozenset())
+        for name in EVENT_COLUMNS.names:
+            if name == "id":
+                cols.append("rowid")
+            elif name in have:
+                cols.append(f"COALESCE({name}, 0)" if name not in ("cpu",) else f"COALESCE({name}, -1)")
+            else:
+                cols.append(_DEFAULTS.get(name, "0"))
+        sql = f"SELECT {', '.join(cols)} FROM events" + (f" WHERE {where}" if where else "") + " ORDER BY timestamp"
+        rows = self.conn.execute(sql, params).fetchall()
+        if not rows:
+            return np.zeros(0, EVENT_COLUMNS)
+        return np.array(rows, dtype=np.int64).view(EVENT_COLUMNS).reshape(-1)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "TraceDB":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection; one clear StoreError for a missing or non-SQLite file."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"No such database: {p}")
+    if p.is_dir():
+        raise StoreError(f"Is a directory, not a database: {p}")
+    try:
+        conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"Not a readable SQLite database: {p} ({exc})") from None
+    return conn
+
+
+def open_trace(path: str | os.PathLike) -> TraceDB:
+    """Open a whyprobe or Ingero trace read-only, or raise StoreError saying why not."""
+    conn = connect_readonly(path)
+    try:
+        tables = frozenset(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"))
+        if "events" not in tables:
+            raise StoreError(f"Not a whyprobe or Ingero trace (no events table): {path}")
+        columns = {t: frozenset(r[1] for r in conn.execute(f"PRAGMA table_info('{t}')")) for t in tables}
+        producer = None
+        if "schema_info" in tables:
+            row = conn.execute("SELECT value FROM schema_info WHERE key = 'producer'").fetchone()
+            producer = row[0] if row else None
+        flavor = "whyprobe" if producer == "whyprobe" else "ingero"
+        if flavor == "whyprobe":
+            from whyprobe.store.schema import SCHEMA_VERSION
+
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer whyprobe (schema {version}; this one reads up to {SCHEMA_VERSION})")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"Corrupt database: {path} ({exc})") from None
+    except StoreError:
+        conn.close()
+        raise
+    return TraceDB(Path(path), conn, flavor, tables, columns)
