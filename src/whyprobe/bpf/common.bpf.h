@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Maps, config and helpers shared by every whyprobe BPF object.
+ * Each *.bpf.c includes this; the loader (kernel/loader.py) loads the objects
+ * one after another and makes all of them share the first one's `events`,
+ * `payloads`, `targets` and `stacks` maps (bpf_map__reuse_fd), so one pid
+ * filter and one ring serve every probe family. */
+#ifndef __WP_COMMON_BPF_H
+#define __WP_COMMON_BPF_H
+
+#include "whyprobe.h"
+
+/* Config (rodata; 0 = off), set by the loader before load. */
+const volatile __u32 trace_all = 0;          /* 1: no pid filter */
+const volatile __u32 nr_cpus = 1;            /* for splitting the rate budget */
+const volatile __u64 max_events_per_sec = 0; /* storage.max_events_per_second */
+const volatile __u32 capture_stacks = 0;     /* --stack */
+/* Ring sizes as resized by the loader, for the early wake-up heuristic. */
+const volatile __u64 events_ring_bytes = 1 << 24;
+const volatile __u64 payloads_ring_bytes = 1 << 22;
+
+/* Changes after load: counted per CPU, read by user space, summed over objects. */
+__u64 wp_drops[WP_MAX_CPUS] = {};      /* ring reservations that failed */
+__u64 wp_rate_drops[WP_MAX_CPUS] = {}; /* events over max_events_per_sec */
+__u64 wp_rate_window[WP_MAX_CPUS] = {};
+__u64 wp_rate_count[WP_MAX_CPUS] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} payloads SEC(".maps");
+
+/* tgids being traced -> 1. Children are added by the fork tracepoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 127 * sizeof(__u64));
+} stacks SEC(".maps");
+
+static __always_inline __u32 wp_cpu_slot(void)
+{
+	return bpf_get_smp_processor_id() & (WP_MAX_CPUS - 1);
+}
+
+static __always_inline bool wp_traced(__u32 tgid)
+{
+	if (trace_all)
+		return true;
+	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+}
+
+/* Per-CPU one-second windows, each CPU allowed its share of the budget. */
+static __always_inline bool wp_rate_ok(__u32 slot)
+{
+	__u64 now, budget;
+
+	if (!max_events_per_sec)
+		return true;
+	now = bpf_ktime_get_ns();
+	budget = max_events_per_sec / (nr_cpus ? nr_cpus : 1);
+	if (!budget)
+		budget = 1;
+	if (now - wp_rate_window[slot] >= 1000000000ULL) {
+		wp_rate_window[slot] = now;
+		wp_rate_count[slot] = 0;
+	}
+	if (wp_rate_count[slot] >= budget) {
+		__sync_fetch_and_add(&wp_rate_drops[slot], 1);
+		return false;
+	}
+	wp_rate_count[slot]++;
+	return true;
+}
+
+/* Reserve an event after all filters passed; counts every failure. */
+static __always_inline struct wp_event *wp_reserve(void)
+{
+	__u32 slot = wp_cpu_slot();
+	struct wp_event *e;
+
+	if (!wp_rate_ok(slot))
+		return NULL;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__sync_fetch_and_add(&wp_drops[slot], 1);
+		return NULL;
+	}
+	return e;
+}
+
+static __always_inline void wp_fill(struct wp_event *e, __u16 source, __u16 op, __u64 pid_tgid)
+{
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->cpu = bpf_get_smp_processor_id();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->source = source;
+	e->op = op;
+	e->flags = 0;
+	e->stack_id = -1;
+	e->arg0 = e->arg1 = e->arg2 = e->aux = 0;
+	e->ret = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+/* No wake-up per record: user space polls on a timer, and is woken early
+ * only when the ring is more than half full. */
+static __always_inline void wp_submit(void *rec, void *ring, __u64 ring_size)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) > ring_size / 2)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(rec, flags);
+}
+
+#define wp_submit_event(e) wp_submit((e), &events, events_ring_bytes)
+
+/* Payload chunk of `len` bytes (<= WP_CHUNK_LEN), reserved at full chunk size
+ * so the verifier sees a constant; user space reads hdr.len. */
+struct wp_payload_rec {
+	struct wp_payload hdr;
+	__u8 data[WP_CHUNK_LEN];
+};
+
+static __always_inline struct wp_payload_rec *wp_reserve_payload(void)
+{
+	struct wp_payload_rec *p = bpf_ringbuf_reserve(&payloads, sizeof(*p), 0);
+
+	if (!p)
+		__sync_fetch_and_add(&wp_drops[wp_cpu_slot()], 1);
+	return p;
+}
+
+#define wp_submit_payload(p) wp_submit((p), &payloads, payloads_ring_bytes)
+
+#endif /* __WP_COMMON_BPF_H */
