@@ -24,6 +24,10 @@ __u64 wp_rate_drops[WP_MAX_CPUS] = {}; /* events over max_events_per_sec */
 __u64 wp_rate_window[WP_MAX_CPUS] = {};
 __u64 wp_rate_count[WP_MAX_CPUS] = {};
 
+/* Put the record layouts into every object's BTF, where the layout test reads them. */
+struct wp_event wp_event_layout = {};
+struct wp_payload wp_payload_layout = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 24);

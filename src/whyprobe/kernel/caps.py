@@ -1,0 +1,155 @@
+"""What this kernel lets us do, found by loading, attaching and firing tiny programs.
+
+`whyprobe check` prints this and `trace` decides with the same functions, so
+diagnosis and behaviour cannot disagree (bcc trace_helpers.h probe_ringbuf,
+fentry_can_attach).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ctypes.util
+import os
+import platform
+import resource
+from functools import lru_cache
+from pathlib import Path
+
+from whyprobe.kernel.elfsym import resolve
+from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.kernel.loader import bpf_object_path
+
+TRACEFS = Path("/sys/kernel/tracing")
+BTF = Path("/sys/kernel/btf/vmlinux")
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+# capability -> (program, counter)
+PROBES = {
+    "tracepoint": ("probe_tracepoint", "hits_tracepoint"),
+    "raw_tp": ("probe_raw_tp", "hits_raw_tp"),
+    "tp_btf": ("probe_tp_btf", "hits_tp_btf"),
+    "uprobe": ("probe_uprobe", "hits_uprobe"),
+    "uprobe_multi": ("probe_uprobe_multi", "hits_uprobe_multi"),
+    "kprobe": ("probe_kprobe", "hits_kprobe"),
+    "fentry": ("probe_fentry", "hits_fentry"),
+}
+REQUIRED = ("tracepoint", "uprobe")
+
+
+def effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def privileged() -> bool:
+    caps = effective_caps()
+    return os.geteuid() == 0 or bool(caps >> CAP_SYS_ADMIN & 1) or (bool(caps >> CAP_BPF & 1) and bool(caps >> CAP_PERFMON & 1))
+
+
+def tracefs_mounted() -> bool:
+    return (TRACEFS / "events").is_dir()
+
+
+def ensure_tracefs() -> str:
+    """Mount tracefs if needed (tracepoint ids are read from it); return its path or raise."""
+    if tracefs_mounted():
+        return str(TRACEFS)
+    debug = Path("/sys/kernel/debug/tracing")
+    if (debug / "events").is_dir():
+        return str(debug)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"nodev", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise BpfError("mount tracefs at", str(TRACEFS), err, "mount it by hand: mount -t tracefs nodev /sys/kernel/tracing")
+    return str(TRACEFS)
+
+
+def _libc_path() -> str:
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and "/libc.so" in parts[5]:
+            return parts[5]
+    raise FileNotFoundError("libc is not mapped")
+
+
+def _try(cap: str) -> tuple[bool, str]:
+    prog, counter = PROBES[cap]
+    try:
+        with BpfObject(bpf_object_path("caps")) as obj:
+            for p in obj.program_names():
+                obj.set_autoload(p, p == prog)
+            if cap == "uprobe":
+                obj.set_classic_uprobe(prog)
+            obj.set_rodata(target_tgid=os.getpid())
+            obj.load()
+            if cap in ("uprobe", "uprobe_multi"):
+                libc = _libc_path()
+                offsets, missing = resolve(libc, ["getppid"])
+                if missing:
+                    return False, "getppid not found in libc"
+                if cap == "uprobe":
+                    obj.attach_uprobe(prog, libc, offsets["getppid"], pid=os.getpid())
+                else:
+                    obj.attach_uprobe_multi(prog, libc, [offsets["getppid"]], [1], pid=os.getpid())
+            else:
+                obj.attach(prog)
+            for _ in range(3):
+                os.getppid()
+            hits = int(obj.global_u64s(counter)[0])
+            if hits == 0:
+                return False, "attached but never fired"
+            return True, f"fired {hits}x"
+    except BpfError as exc:
+        if exc.errno == errno.EPERM and privileged():
+            return False, f"refused by the kernel (EPERM) even with privileges, at {exc.step}"
+        return False, str(exc).splitlines()[0]
+
+
+@lru_cache(maxsize=1)
+def probe_capabilities() -> dict[str, dict[str, object]]:
+    """{capability: {"ok": bool, "detail": str}} for every program/attach type we use or might."""
+    if not privileged():
+        return {cap: {"ok": False, "detail": "not privileged (needs root or CAP_BPF+CAP_PERFMON)"} for cap in PROBES}
+    try:
+        ensure_tracefs()
+    except BpfError:
+        pass
+    out = {}
+    for cap in PROBES:
+        ok, detail = _try(cap)
+        out[cap] = {"ok": ok, "detail": detail}
+    return out
+
+
+def can(cap: str) -> bool:
+    return bool(probe_capabilities().get(cap, {}).get("ok"))
+
+
+def check_report() -> dict:
+    """Kernel-side readiness: kernel, BTF, privileges, tracefs, memlock, and probed capabilities."""
+    memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    caps = probe_capabilities()
+    report = {
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "btf": BTF.exists(),
+        "root": os.geteuid() == 0,
+        "privileged": privileged(),
+        "tracefs": {"mounted": tracefs_mounted(), "path": str(TRACEFS)},
+        "memlock": "unlimited" if memlock == resource.RLIM_INFINITY else memlock,
+        "capabilities": caps,
+    }
+    problems = []
+    if not report["btf"]:
+        problems.append(f"no kernel BTF at {BTF}: CO-RE programs cannot load (needs CONFIG_DEBUG_INFO_BTF=y)")
+    if not report["privileged"]:
+        problems.append("not privileged: run as root (or with CAP_BPF + CAP_PERFMON)")
+    for cap in REQUIRED:
+        if not caps[cap]["ok"]:
+            problems.append(f"{cap} programs do not work here: {caps[cap]['detail']}")
+    report["problems"] = problems
+    report["can_trace"] = not problems
+    return report

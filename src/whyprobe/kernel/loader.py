@@ -1,0 +1,149 @@
+"""Load several BPF objects that share one pid filter, one event ring, one payload ring and one stack map.
+
+The first object loaded creates the shared maps; every later one is told to
+reuse their fds before its own load. Common rodata (trace_all, nr_cpus, rate
+limit, ring sizes) is applied to every object, so each family's programs see
+the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from whyprobe.kernel.libbpf import BpfObject, map_delete, map_update
+
+SHARED_MAPS = ("events", "payloads", "targets", "stacks")
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def bpf_object_path(name: str) -> Path:
+    return BPF_DIR / f"{name}.bpf.o"
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    size = floor
+    while size < n:
+        size <<= 1
+    return size
+
+
+class ProbeSet:
+    """The BPF side of one trace: objects, shared maps and drop counters."""
+
+    def __init__(
+        self,
+        *,
+        trace_all: bool = False,
+        max_events_per_sec: int = 0,
+        capture_stacks: bool = False,
+        events_ring_bytes: int = 1 << 24,
+        payloads_ring_bytes: int = 1 << 22,
+    ) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        self.events_ring_bytes = _pow2_at_least(events_ring_bytes, page)
+        self.payloads_ring_bytes = _pow2_at_least(payloads_ring_bytes, page)
+        self._common = {
+            "trace_all": int(trace_all),
+            "nr_cpus": os.cpu_count() or 1,
+            "max_events_per_sec": int(max_events_per_sec),
+            "capture_stacks": int(capture_stacks),
+            "events_ring_bytes": self.events_ring_bytes,
+            "payloads_ring_bytes": self.payloads_ring_bytes,
+        }
+        self.objects: list[BpfObject] = []
+        self._shared: dict[str, int] = {}
+        self._pending_targets: set[int] = set()
+
+    def open(self, name: str) -> BpfObject:
+        """Open <name>.bpf.o with shared maps and common config applied; caller loads and attaches."""
+        obj = BpfObject(bpf_object_path(name))
+        try:
+            maps = set(obj.map_names())
+            for m in SHARED_MAPS:
+                if m not in maps:
+                    continue
+                if m in self._shared:
+                    obj.reuse_map(m, self._shared[m])
+                elif m == "events":
+                    obj.resize_map(m, self.events_ring_bytes)
+                elif m == "payloads":
+                    obj.resize_map(m, self.payloads_ring_bytes)
+            obj.set_rodata(**{k: v for k, v in self._common.items() if k in obj.datasec_vars(".rodata")})
+            obj.on_loaded.append(self._learn_shared_maps)
+        except BaseException:
+            obj.close()
+            raise
+        self.objects.append(obj)
+        return obj
+
+    def _learn_shared_maps(self, obj: BpfObject) -> None:
+        """Called by obj.load(): the first object to define a shared map creates it."""
+        for m in SHARED_MAPS:
+            if m not in self._shared and m in obj.map_names():
+                self._shared[m] = obj.map_fd(m)
+        if "targets" in self._shared and self._pending_targets:
+            pending, self._pending_targets = self._pending_targets, set()
+            self.add_targets(pending)
+
+    def _fd(self, name: str) -> int:
+        if name not in self._shared:
+            raise RuntimeError(f"no loaded object defines the shared map {name!r}")
+        return self._shared[name]
+
+    @property
+    def events_fd(self) -> int:
+        return self._fd("events")
+
+    @property
+    def payloads_fd(self) -> int:
+        return self._fd("payloads")
+
+    @property
+    def targets_fd(self) -> int:
+        return self._fd("targets")
+
+    @property
+    def stacks_fd(self) -> int:
+        return self._fd("stacks")
+
+    def add_targets(self, pids: Iterable[int]) -> None:
+        if "targets" not in self._shared:
+            self._pending_targets.update(int(p) for p in pids)
+            return
+        for pid in pids:
+            map_update(self._shared["targets"], int(pid).to_bytes(4, "little"), b"\x01")
+
+    def remove_target(self, pid: int) -> None:
+        if "targets" in self._shared:
+            map_delete(self._shared["targets"], int(pid).to_bytes(4, "little"))
+
+    def drops(self) -> dict[str, int]:
+        ring = rate = 0
+        for obj in self.objects:
+            if not obj.loaded:
+                continue
+            names = obj.datasec_vars(".bss")
+            if "wp_drops" in names:
+                ring += int(obj.global_u64s("wp_drops").sum())
+            if "wp_rate_drops" in names:
+                rate += int(obj.global_u64s("wp_rate_drops").sum())
+        return {"ring": ring, "rate": rate}
+
+    def detach(self) -> None:
+        """Destroy every link (objects and maps stay, so rings can still be drained)."""
+        for obj in self.objects:
+            obj.detach_all()
+
+    def close(self) -> None:
+        for obj in reversed(self.objects):
+            obj.close()
+        self.objects.clear()
+        self._shared.clear()
+
+    def __enter__(self) -> "ProbeSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
