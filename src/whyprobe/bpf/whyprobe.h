@@ -62,6 +62,11 @@ enum wp_payload_kind {
 };
 
 #define WP_PL_TRUNCATED (1u << 0) /* the syscall moved more than was captured */
+#define WP_PL_PIPE      (1u << 1) /* transport of a READ/WRITE payload */
+#define WP_PL_UNIX      (1u << 2)
+#define WP_PL_TCP       (1u << 3)
+#define WP_PL_TLS       (1u << 4) /* plaintext at SSL_read/SSL_write */
+#define WP_PL_SNIFFED   (1u << 5) /* process auto-enrolled because it spoke JSON-RPC/HTTP */
 
 /* Header of a variable-size record in the `payloads` ring; `len` data bytes follow. */
 struct wp_payload {

@@ -84,6 +84,11 @@ class PayloadKind(IntEnum):
 
 
 PL_TRUNCATED = 1 << 0
+PL_PIPE = 1 << 1
+PL_UNIX = 1 << 2
+PL_TCP = 1 << 3
+PL_TLS = 1 << 4
+PL_SNIFFED = 1 << 5
 
 SOURCE_DESCRIPTIONS = {
     Source.CUDA: "CUDA runtime API (libcudart) - uprobes",

@@ -1,0 +1,118 @@
+"""The wire family: MCP bytes over pipes, unix/TCP sockets and TLS (OpenSSL), into the payload ring.
+
+Syscall tracepoints see stdio and plain HTTP; TLS plaintext only exists inside
+the process, so SSL_read/SSL_write(_ex) are probed in every libssl the targets
+map, and in executables that carry OpenSSL themselves (node links it statically
+and exports the symbols).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from whyprobe.errors import WhyprobeError
+from whyprobe.kernel.elfsym import resolve
+from whyprobe.kernel.libbpf import BpfError
+from whyprobe.kernel.loader import ProbeSet
+from whyprobe.probes.base import TargetSpec
+
+log = logging.getLogger(__name__)
+
+SYSCALL_PROGRAMS = [
+    f"handle_{d}_{s}"
+    for s in ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg")
+    for d in ("enter", "exit")
+]
+SSL_ENTRY = {
+    "SSL_write": "handle_ssl_write",
+    "SSL_read": "handle_ssl_read",
+    "SSL_write_ex": "handle_ssl_write_ex",
+    "SSL_read_ex": "handle_ssl_read_ex",
+}
+
+
+def _mapped_files(pid: int) -> set[str]:
+    files = set()
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    files.add(parts[5].strip())
+    except OSError:
+        pass
+    return files
+
+
+def _system_libssl() -> list[str]:
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return []
+    return [line.split("=>")[-1].strip() for line in out.splitlines() if "libssl.so" in line and "=>" in line]
+
+
+def tls_candidates(pids: list[int]) -> list[str]:
+    """Files that may hold SSL_read/SSL_write for these processes: their libssl maps and executables."""
+    found: list[str] = []
+    for pid in pids:
+        maps = _mapped_files(pid)
+        found += [f for f in maps if "libssl.so" in Path(f).name]
+        try:
+            found.append(str(Path(f"/proc/{pid}/exe").resolve()))
+        except OSError:
+            pass
+    found += _system_libssl()
+    return list(dict.fromkeys(p for p in found if Path(p).exists()))
+
+
+class WireFamily:
+    name = "wire"
+
+    def __init__(self, *, max_message_bytes: int = 1 << 20, sniff: bool = False, tls: bool = True) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.sniff = sniff
+        self.tls = tls
+        self.tls_libraries: list[str] = []
+        self._obj = None
+
+    def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        obj = probes.open("wire")
+        obj.set_rodata(max_message_bytes=self.max_message_bytes, sniff=int(self.sniff))
+        obj.load()
+        for prog in SYSCALL_PROGRAMS:
+            obj.attach(prog)
+        self._obj = obj
+        return self.attach_tls(targets.pids) if self.tls else []
+
+    def attach_tls(self, pids: list[int]) -> list[str]:
+        """Probe OpenSSL in the given processes' libraries (call again for processes seen later)."""
+        warnings = []
+        for path in tls_candidates(pids):
+            if path in self.tls_libraries:
+                continue
+            try:
+                offsets, _ = resolve(path, list(SSL_ENTRY))
+            except WhyprobeError as exc:  # unreadable or non-ELF file in the maps: not ours to fail on
+                log.info("skip %s: %s", path, exc)
+                continue
+            if not {"SSL_read", "SSL_write"} <= offsets.keys():
+                continue
+            try:
+                for sym, off in offsets.items():
+                    self._obj.attach_uprobe_multi(SSL_ENTRY[sym], path, [off])
+                self._obj.attach_uprobe_multi("handle_ssl_ret", path, list(offsets.values()), retprobe=True)
+                self.tls_libraries.append(path)
+            except BpfError as exc:
+                warnings.append(f"TLS capture unavailable in {path}: {exc}")
+        return warnings
+
+    def on_batch(self, records: np.ndarray) -> None:
+        return None
+
+    def finish(self, probes: ProbeSet, writer: object) -> None:
+        return None
