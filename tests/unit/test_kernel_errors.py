@@ -1,0 +1,52 @@
+"""libbpf failures become one sentence: step, object, errno name, what to do."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from whyprobe.kernel.elfsym import function_offsets, resolve
+from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.errors import WhyprobeError
+
+
+def test_missing_object_names_the_file_and_the_fix(tmp_path) -> None:
+    with pytest.raises(BpfError) as exc:
+        BpfObject(tmp_path / "nope.bpf.o")
+    assert exc.value.errno == errno.ENOENT
+    assert str(exc.value).startswith(f"open {tmp_path / 'nope.bpf.o'} failed: ENOENT")
+    assert "make bpf" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "err, hint",
+    [(errno.EPERM, "run as root"), (errno.EOPNOTSUPP, "does not support"), (errno.E2BIG, "memory lock")],
+)
+def test_errno_hints(err: int, hint: str) -> None:
+    msg = str(BpfError("attach", "x", err))
+    assert errno.errorcode[err] in msg and hint in msg
+
+
+def test_elf_symbols_resolve_to_file_offsets() -> None:
+    import ctypes.util
+    from pathlib import Path
+
+    libc = next(
+        line.split()[5] for line in Path("/proc/self/maps").read_text().splitlines() if "/libc.so" in line
+    )
+    found, missing = resolve(libc, ["getppid", "no_such_function_here"])
+    assert missing == ["no_such_function_here"]
+    # The offset points at the function's code in the file: its bytes are those of the mapped function.
+    lib = ctypes.CDLL(ctypes.util.find_library("c"))
+    addr = ctypes.cast(lib.getppid, ctypes.c_void_p).value
+    with open(libc, "rb") as f:
+        f.seek(found["getppid"])
+        assert f.read(16) == ctypes.string_at(addr, 16)
+
+
+def test_non_elf_file_is_one_clear_error(tmp_path) -> None:
+    bad = tmp_path / "libcudart.so.12"
+    bad.write_bytes(b"not an elf")
+    with pytest.raises(WhyprobeError, match="Not a readable ELF file"):
+        function_offsets(bad)
