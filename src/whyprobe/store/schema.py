@@ -98,13 +98,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     hostname      TEXT NOT NULL DEFAULT '',
     node          TEXT NOT NULL DEFAULT '',
     clock_offset_ns INTEGER NOT NULL DEFAULT 0, -- wall clock minus CLOCK_MONOTONIC
+    clock_skew_ns INTEGER NOT NULL DEFAULT 0, -- this host's wall clock minus the fleet reference; merge subtracts it
     pid_filter    TEXT NOT NULL DEFAULT '',
     probes        TEXT NOT NULL DEFAULT '',
     argv          TEXT NOT NULL DEFAULT '',
     flags         TEXT NOT NULL DEFAULT '',  -- JSON
     events_seen   INTEGER NOT NULL DEFAULT 0,
     ring_drops    INTEGER NOT NULL DEFAULT 0, -- ring reservations that failed in the kernel
-    queue_drops   INTEGER NOT NULL DEFAULT 0, -- batches the writer could not keep up with
+    queue_drops   INTEGER NOT NULL DEFAULT 0, -- events lost because the writer queue was full
     rate_drops    INTEGER NOT NULL DEFAULT 0, -- events over storage.max_events_per_second
     pruned        INTEGER NOT NULL DEFAULT 0  -- events removed by retention
 );
@@ -128,7 +129,8 @@ CREATE TABLE IF NOT EXISTS event_aggregates (
     min_dur INTEGER NOT NULL DEFAULT 0,
     max_dur INTEGER NOT NULL DEFAULT 0,
     sum_arg0 INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (bucket, source, op, pid)
+    node    TEXT NOT NULL DEFAULT '',       -- '' = this host; merge fills it
+    PRIMARY KEY (bucket, source, op, pid, node)
 );
 CREATE TABLE IF NOT EXISTS cgroup_metadata (
     cgroup_id    INTEGER PRIMARY KEY,

@@ -1,0 +1,84 @@
+"""Stacks behind events: which call paths the calls of an op come from.
+
+`stack_traces.frames` is JSON `[{"s": symbol, "f": file, "l": line?, "py": bool?}]`,
+innermost frame first (Ingero writes `{"i": ip, "f": file}` when a frame has no symbol).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from whyprobe.store.reader import TraceDB
+
+
+def frame_label(frame: dict[str, Any]) -> str:
+    """One frame as `symbol (file:line)`, the symbol falling back to the IP."""
+    name = frame.get("s") or frame.get("i") or "?"
+    where = frame.get("f") or ""
+    if frame.get("l"):
+        where = f"{where}:{frame['l']}"
+    return f"{name} ({where})" if where else str(name)
+
+
+def parse_frames(raw: str | None) -> list[dict[str, Any]]:
+    if not raw:
+        return []
+    try:
+        frames = json.loads(raw)
+    except ValueError:
+        return []
+    return [f for f in frames if isinstance(f, dict)] if isinstance(frames, list) else []
+
+
+def _op_filter(db: TraceDB, op: str | None) -> tuple[str, tuple]:
+    if op is None:
+        return "", ()
+    ids = [(s, o) for (s, o), name in db.op_names().items() if name == op]
+    if not ids:
+        return " AND 0", ()
+    return " AND (" + " OR ".join("(e.source = ? AND e.op = ?)" for _ in ids) + ")", tuple(x for pair in ids for x in pair)
+
+
+def _grouped(db: TraceDB, op: str | None) -> list[tuple[int, int, int, int, int, str]]:
+    if not db.has("stack_traces") or not db.has("events", "stack_hash"):
+        return []
+    where, params = _op_filter(db, op)
+    frames_col = "s.frames" if db.has("stack_traces", "frames") else "''"
+    sql = (
+        f"SELECT e.stack_hash, e.source, e.op, COUNT(*), SUM(e.duration), {frames_col} "
+        "FROM events e JOIN stack_traces s ON s.hash = e.stack_hash "
+        f"WHERE e.stack_hash != 0{where} GROUP BY e.stack_hash, e.source, e.op"
+    )
+    return db.conn.execute(sql, params).fetchall()
+
+
+def top_stacks(db: TraceDB, *, op: str | None = None, limit: int = 10) -> list[dict]:
+    """The most frequent (stack, op) pairs: op, count, total duration, frames (innermost first)."""
+    names = db.op_names()
+    rows = sorted(_grouped(db, op), key=lambda r: (-r[3], -(r[4] or 0), r[0]))
+    out = []
+    for stack_hash, source, op_id, count, total, frames in rows[: max(0, limit)]:
+        parsed = parse_frames(frames)
+        out.append(
+            {
+                "stack_hash": stack_hash,
+                "op": names.get((source, op_id), f"{source}:{op_id}"),
+                "count": count,
+                "total_ns": int(total or 0),
+                "frames": [frame_label(f) for f in parsed],
+            }
+        )
+    return out
+
+
+def folded(db: TraceDB, op: str | None = None) -> str:
+    """Flamegraph folded lines `root;...;leaf;op count`, sorted; one line per distinct path."""
+    names = db.op_names()
+    counts: dict[str, int] = {}
+    for _hash, source, op_id, count, _total, frames in _grouped(db, op):
+        path = [frame_label(f).replace(";", ":") for f in reversed(parse_frames(frames))]
+        path.append(names.get((source, op_id), f"{source}:{op_id}"))
+        key = ";".join(p.replace(" ", "_") for p in path)
+        counts[key] = counts.get(key, 0) + count
+    return "".join(f"{k} {v}\n" for k, v in sorted(counts.items()))
