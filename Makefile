@@ -18,9 +18,9 @@ deps: .stamp-deps
 .stamp-deps:
 	@if command -v $(CLANG) >/dev/null && command -v $(STRIP) >/dev/null && command -v bpftool >/dev/null \
 	    && [ -f /usr/include/bpf/bpf_helpers.h ] && ldconfig -p | grep -q 'libbpf.so.1' \
-	    && command -v sqlite3 >/dev/null && command -v git >/dev/null; then :; else \
+	    && command -v sqlite3 >/dev/null && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    clang llvm libbpf-dev bpftool sqlite3 git gcc make iproute2 ; fi
+	    clang llvm libbpf-dev bpftool sqlite3 git gcc make iproute2 chromium ; fi
 	@touch $@
 
 venv: $(VENV)/.stamp

@@ -1,0 +1,1 @@
+"""`whyprobe dashboard`: a read-only local web page (server.py) over the JSON documents of data.py."""
