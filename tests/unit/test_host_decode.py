@@ -1,0 +1,123 @@
+"""Pure decoding of the host and stacks families: payload text, syscall names, op ids, line tables, ELF symbols."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from whyprobe.probes.host import describe, sockaddr_text, tcp_retransmit_text
+from whyprobe.probes.stacks import ElfSymbols, line_for
+from whyprobe.probes.syscalls_x86_64 import SYSCALL_NAMES, syscall_name, syscall_nr, syscall_ops
+from whyprobe.record.events import EVENT_DTYPE, F_HAS_PAYLOAD, PAYLOAD_DTYPE, PayloadKind, Source, op_info
+
+BPF = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf"
+
+
+def _payload(tid: int, ts: int, kind: int, data: bytes):
+    hdr = np.zeros(1, PAYLOAD_DTYPE)[0]
+    hdr["tid"], hdr["ts_ns"], hdr["kind"], hdr["len"] = tid, ts, kind, len(data)
+    return hdr, data
+
+
+def _record(tid: int, ts: int, source: int, op: int, **fields) -> np.ndarray:
+    r = np.zeros(1, EVENT_DTYPE)
+    r["tid"], r["ts_ns"], r["source"], r["op"], r["flags"] = tid, ts, source, op, F_HAS_PAYLOAD
+    for k, v in fields.items():
+        r[k] = v
+    return r
+
+
+def test_describe_joins_payloads_to_their_event_by_tid_and_timestamp() -> None:
+    sin = struct.pack("<H", socket.AF_INET) + struct.pack(">H", 8080) + socket.inet_aton("127.0.0.1") + bytes(8)
+    tcp = struct.pack("<HHH", 40000, 443, socket.AF_INET) + socket.inet_aton("10.0.0.1") + socket.inet_aton("10.0.0.2") + bytes(34)
+    records = np.concatenate(
+        [
+            _record(7, 100, Source.HOST, 5),
+            _record(7, 200, Source.SYSCALL, 257),
+            _record(7, 300, Source.SYSCALL, 42),
+            _record(7, 400, Source.SYSCALL, 82),
+            _record(8, 100, Source.TCP, 1, arg0=1),
+            _record(9, 100, Source.SYSCALL, 257),  # its payload never came
+        ]
+    )
+    payloads = [
+        _payload(7, 100, PayloadKind.PATH, b"/usr/bin/cat"),
+        _payload(7, 100, PayloadKind.ARGV, b"cat\0/etc/host name\0"),
+        _payload(7, 200, PayloadKind.PATH, b"/etc/hostname"),
+        _payload(7, 300, PayloadKind.SOCKADDR, sin),
+        _payload(7, 400, PayloadKind.PATH, b"a.tmp\0a"),
+        _payload(8, 100, PayloadKind.SOCKADDR, tcp),
+    ]
+    assert describe(records, payloads) == [
+        "cat '/etc/host name'",
+        "/etc/hostname",
+        "127.0.0.1:8080",
+        "a.tmp -> a",
+        "10.0.0.1:40000 -> 10.0.0.2:443 ESTABLISHED",
+        None,
+    ]
+
+
+def test_sockaddr_text_covers_ipv6_and_abstract_unix() -> None:
+    sin6 = struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 443) + bytes(4) + socket.inet_pton(socket.AF_INET6, "::1") + bytes(4)
+    assert sockaddr_text(sin6) == "[::1]:443"
+    assert sockaddr_text(struct.pack("<H", socket.AF_UNIX) + b"\0mcp\0") == "@mcp"
+    assert sockaddr_text(struct.pack("<H", socket.AF_UNIX) + b"/run/x.sock\0") == "/run/x.sock"
+    v6 = struct.pack("<HHH", 1, 2, socket.AF_INET6) + bytes(8) + socket.inet_pton(socket.AF_INET6, "fe80::1") + socket.inet_pton(socket.AF_INET6, "::2")
+    assert tcp_retransmit_text(v6, 2) == "[fe80::1]:1 -> [::2]:2 SYN_SENT"
+
+
+def test_syscall_table_matches_the_x86_64_abi_and_names_every_op() -> None:
+    assert (syscall_nr("read"), syscall_nr("openat"), syscall_nr("connect"), syscall_nr("clone3")) == (0, 257, 42, 435)
+    assert syscall_name(59) == "execve" and syscall_name(9999) == "syscall_9999"
+    rows = syscall_ops()
+    assert len(rows) == len(SYSCALL_NAMES) >= 360
+    assert all(r[0] == Source.SYSCALL for r in rows)
+    assert (8, 257, "openat") in {r[:3] for r in rows}
+
+
+def test_host_h_op_ids_match_the_python_registry() -> None:
+    defines = dict(re.findall(r"#define (\w+_OP_\w+) (\d+)", (BPF / "host.h").read_text()))
+    source = {"HOST": Source.HOST, "IO": Source.IO, "TCP": Source.TCP, "NET": Source.NET}
+    for name, value in defines.items():
+        prefix, _, rest = name.partition("_OP_")
+        info = op_info(source[prefix], int(value))
+        assert info is not None, name
+        expected = {"IO": "block_" + rest.lower(), "TCP": "tcp_retransmit", "NET": "net_" + rest.lower()}.get(prefix, rest.lower())
+        assert info.name == expected, (name, info.name)
+
+
+def _probe() -> int:
+    a = 1
+    b = a + 1  # line +2
+    return b
+
+
+def test_location_table_decoding_agrees_with_the_interpreter() -> None:
+    # GIVEN this interpreter's own code objects (3.11+ location table format)
+    version = 300 + sys.version_info.minor
+    for fn in (_probe, test_describe_joins_payloads_to_their_event_by_tid_and_timestamp, describe):
+        code = fn.__code__
+        # THEN every instruction's line is the one CPython itself reports
+        for start, _, line in code.co_lines():
+            if line is not None:
+                assert line_for(version, code.co_linetable, code.co_firstlineno, start) == line
+
+
+def test_python_310_line_table() -> None:
+    # (sdelta, ldelta) pairs: 4 bytes on +1, 6 bytes without a line, 2 bytes on +2 from there
+    table = bytes([4, 1, 6, 0x80, 2, 2])
+    assert [line_for(310, table, 10, a) for a in (0, 3, 4, 9, 10, 11, 12)] == [11, 11, None, None, 13, 13, None]
+
+
+def test_elf_symbols_resolve_libc_functions() -> None:
+    libc = next(p for p in Path("/proc/self/maps").read_text().split() if "/libc.so" in p)
+    syms = ElfSymbols(libc)
+    addr = syms.addrs[syms.entries.index(next(e for e in syms.entries if e[2] == "getppid"))]
+    assert syms.lookup(addr) == "getppid"
+    assert syms.lookup(addr + 1) == "getppid"
