@@ -1,14 +1,394 @@
-"""`whyprobe trace` (not built yet)."""
+"""`whyprobe trace`: record CUDA calls and kernel evidence of chosen processes into SQLite."""
 
 from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from whyprobe.errors import CommandError
 
+HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
+_DURATION_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "": 1}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+# Effective capabilities that allow tracing without root: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", text.lower())
+    if not m:
+        raise CommandError(f"Invalid duration: {text!r} (use e.g. 30s, 5m, 1h, 500ms)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?i?b?)\s*", text.lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise CommandError(f"Invalid size: {text!r} (use e.g. 64MiB, 512KiB, 4096)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def _can_trace() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(caps >> _CAP_SYS_ADMIN & 1) or bool(caps >> _CAP_BPF & 1 and caps >> _CAP_PERFMON & 1)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.is_dir():
+        raise CommandError(f"Cannot write database: {out} (it is a directory)")
+    if out.exists() and not force:
+        raise CommandError(f"File exists, will not overwrite without --force: {out}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"Cannot write database: {out} (no such directory: {parent})")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise CommandError(f"Cannot write database: {out} (permission denied)")
+
+
+def _check_pids(pids: list[int]) -> None:
+    for pid in pids:
+        if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
+            raise CommandError(f"No such process: {pid} (check the pid with `ps -p {pid}`)")
+
+
+def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
+    """(names, explicit): the chosen families; by default cuda plus every host family built in."""
+    from whyprobe import probes as registry
+
+    if probes:
+        names = [n.strip() for n in probes.split(",") if n.strip()]
+        explicit = True
+    else:
+        have = registry.available()
+        names = ["cuda"] + [n for n in HOST_FAMILIES if n in have]
+        explicit = False
+    if stack and "stacks" in registry.available() and "stacks" not in names:
+        names.append("stacks")
+    return names, explicit
+
+
+def _cuda_libraries(libs: list[str], cmd: list[str], pids: list[int], all_procs: bool) -> tuple[list[tuple[str, str]], list[str], bool]:
+    """((path, how found) to attach now, places searched, whether any CUDA library exists at all).
+
+    --pid targets get only the libraries they map (others' calls would hit our
+    probes too); libraries they dlopen later are attached by the maps scan.
+    """
+    from whyprobe.errors import WhyprobeError
+    from whyprobe.probes import libs as libsearch
+    from whyprobe.probes.cuda import plan_library
+
+    for path in libs:
+        if not Path(path).is_file():
+            raise CommandError(f"No such library: {path}")
+        try:
+            plan = plan_library(path)
+        except WhyprobeError as exc:
+            raise CommandError(str(exc)) from None
+        if not plan.found:
+            raise CommandError(f"{path} defines none of the CUDA functions whyprobe probes (not a libcudart/libcuda?)")
+    if libs:
+        return [(p, "--lib") for p in libs], [], True
+    if cmd:
+        hits, searched = libsearch.resolve_for_command(cmd)
+        return [(h.path, h.via) for h in hits], searched, bool(hits)
+    mapped, _ = libsearch.find_cuda_libraries(pids=pids, include_installed=False)
+    installed, searched = libsearch.find_cuda_libraries(pids=pids, include_installed=True)
+    if all_procs:
+        mapped = installed + [libsearch.LibraryHit(os.path.realpath(p), "maps") for found in libsearch.cuda_processes().values() for p in found]
+    return list(dict.fromkeys((h.path, h.via) for h in mapped)), searched, bool(installed)
+
+
+# Runs in the child: wait for "go" on the pipe (probes attached), then become the command.
+_HOLD = """
+import os, sys
+fd = int(sys.argv[1])
+go = os.read(fd, 3)
+os.close(fd)
+if go != b"go\\n":
+    sys.exit(125)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"whyprobe: cannot run {sys.argv[2]}: {exc.strerror}\\n")
+    sys.exit(127)
+"""
+
+
+def _start_held(cmd: list[str]):
+    """Start `cmd` held before exec, so probes attach before its first instruction; returns (child, pipe to release it)."""
+    import subprocess
+
+    r, w = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HOLD, str(r), *cmd], pass_fds=(r,))
+    except OSError as exc:
+        os.close(w)
+        raise CommandError(f"Cannot start {cmd[0]}: {exc.strerror}") from None
+    finally:
+        os.close(r)
+    return child, w
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("trace")
-    def _cmd() -> None:
-        """Not built yet."""
-        raise CommandError("trace is not built yet")
+    @app.command("trace", context_settings={"allow_interspersed_args": False})
+    def trace(
+        pid: List[int] = typer.Option([], "--pid", help="Trace this process and its children (repeatable)."),
+        cmd: bool = typer.Option(False, "--cmd", help="Launch and trace the command given after `--`."),
+        all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
+        duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
+        out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
+        stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
+        lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
+        ring: str = typer.Option("16MiB", "--ring", help="Event ring buffer size."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
+        force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML config file."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on [HOST]:PORT while tracing."),
+        explain: bool = typer.Option(False, "--explain", help="Explain the trace live and print findings at the end."),
+        args: List[str] = typer.Argument(None, help="The command to launch (after --cmd --)."),
+    ) -> None:
+        """Record CUDA calls and kernel evidence of processes into a SQLite trace.
+
+        \b
+          sudo whyprobe trace --cmd -- python train.py
+          sudo whyprobe trace --pid 1234 --duration 30s --out t.db
+          whyprobe explain t.db
+        """
+        args = list(args or [])
+        seconds = parse_duration(duration) if duration else None
+        ring_bytes = parse_size(ring)
+        if cmd and not args:
+            raise CommandError("--cmd needs a command after `--`: whyprobe trace --cmd -- python train.py")
+        if args and not cmd:
+            raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
+        if sum((bool(pid), cmd, all_procs)) > 1:
+            raise CommandError("Choose one of --pid, --cmd or --all")
+        if not _can_trace():
+            raise CommandError("whyprobe trace needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
+        _check_pids(pid)
+        _check_out(out, force)
+        names, explicit = _family_names(probes, stack)
+        from whyprobe import probes as registry
+
+        registry.families([n for n in names if n != "cuda"])  # unknown names fail here, before any work
+
+        from whyprobe.probes import libs as libsearch
+
+        targets = list(pid)
+        if not (pid or cmd or all_procs):
+            found = libsearch.cuda_processes()
+            if not found:
+                raise CommandError(
+                    "No running process maps libcudart or libcuda: name one with --pid N, "
+                    "launch one with --cmd -- ARGS, or trace every process with --all"
+                )
+            targets = sorted(found)
+        warnings: list[str] = []
+        cuda_libs: list[tuple[str, str]] = []
+        if "cuda" in names:
+            cuda_libs, searched, anywhere = _cuda_libraries(lib, args, targets, all_procs)
+            if not anywhere:
+                if explicit or names == ["cuda"]:
+                    raise CommandError(f"No CUDA library (libcudart, libcuda) found; searched: {', '.join(searched)}. Name one with --lib PATH")
+                warnings.append("no CUDA library found on this host: CUDA calls are traced only if a target loads one later")
+        _run(
+            out=out,
+            names=names,
+            cuda_libs=cuda_libs,
+            targets=targets,
+            cmd=args,
+            all_procs=all_procs,
+            seconds=seconds,
+            ring_bytes=ring_bytes,
+            stack=stack,
+            quiet=quiet,
+            json_out=json_out,
+            force=force,
+            config=config,
+            metrics=metrics,
+            explain=explain,
+            warnings=warnings,
+        )
+
+
+def _apply_config(path: Path, options) -> None:
+    """Storage limits from the YAML config (the config module validates and says what is wrong)."""
+    try:
+        from whyprobe.config import load_config
+    except ImportError:
+        raise CommandError("--config is not supported by this build (whyprobe.config is missing)") from None
+    storage = getattr(load_config(path), "storage", None)
+    if storage is not None:
+        options.max_events_per_sec = int(getattr(storage, "max_events_per_second", 0) or 0)
+        options.max_db_mb = float(getattr(storage, "max_db_mb", 0) or 0)
+        options.retention_hours = float(getattr(storage, "retention_hours", 0) or 0)
+
+
+def _observers(options, metrics: Optional[str], explain: bool):
+    """Prometheus exporter and live explainer, fed from the reader thread (optional modules)."""
+    exporter = explainer = None
+    if metrics:
+        try:
+            from whyprobe.export.prometheus import TraceMetrics
+        except ImportError:
+            raise CommandError("--metrics is not supported by this build (whyprobe.export.prometheus is missing)") from None
+        exporter = TraceMetrics()
+        options.on_records.append(exporter.observe)
+    if explain:
+        try:
+            from whyprobe.analyze.explain import LiveExplainer
+        except ImportError:
+            raise CommandError("--explain is not supported by this build (whyprobe.analyze.explain is missing)") from None
+        explainer = LiveExplainer()
+        options.on_rows.append(explainer.feed)
+    return exporter, explainer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _remove_db(out: Path) -> None:
+    for p in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CommandError(f"Cannot overwrite {p}: {exc.strerror}") from None
+
+
+def _run(
+    *,
+    out: Path,
+    names: list[str],
+    cuda_libs: list[tuple[str, str]],
+    targets: list[int],
+    cmd: list[str],
+    all_procs: bool,
+    seconds: Optional[float],
+    ring_bytes: int,
+    stack: bool,
+    quiet: bool,
+    json_out: bool,
+    force: bool,
+    config: Optional[Path],
+    metrics: Optional[str],
+    explain: bool,
+    warnings: list[str],
+) -> None:
+    import shlex
+    import signal
+    import threading
+    import time
+
+    import orjson
+    from rich.console import Console
+
+    from whyprobe import probes as registry
+    from whyprobe.errors import WhyprobeError
+    from whyprobe.probes.base import TargetSpec
+    from whyprobe.record.session import TraceOptions, TraceSession
+
+    stderr = Console(stderr=True)
+    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
+    if config:
+        _apply_config(config, options)
+    exporter, explainer = _observers(options, metrics, explain)
+    fams = registry.families(names, cuda={"libraries": cuda_libs})
+    if force:
+        _remove_db(out)
+    child = hold = None
+    if cmd:
+        child, hold = _start_held(cmd)
+        targets = [child.pid]
+    session = TraceSession(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options)
+    try:
+        warnings += session.start()
+    except WhyprobeError as exc:
+        if child is not None:
+            os.close(hold)  # the held shell reads EOF and exits without running the command
+            child.wait()
+        raise CommandError(f"Cannot start tracing: {exc}") from None
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hold is not None:
+        os.write(hold, b"go\n")
+        os.close(hold)
+    if exporter is not None:
+        exporter.serve(metrics)
+    deadline = time.monotonic() + seconds if seconds else None
+
+    def finished() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if child is not None:
+            return child.poll() is not None
+        return not all_procs and not any(_alive(p) for p in session.pids)
+
+    if not quiet and not json_out:
+        for w in warnings:
+            stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    try:
+        if quiet or json_out or not sys.stderr.isatty():
+            session.run(finished, stop)
+        else:
+            from whyprobe.ui.live import LiveView
+
+            with LiveView(session.snapshot, str(out), stderr):
+                session.run(finished, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        summary = session.stop()
+
+    child_status = None
+    if child is not None:
+        if child.poll() is None:  # the trace ended first (duration, Ctrl-C): don't leave it behind
+            child.terminate()
+            try:
+                child.wait(10)
+            except Exception:
+                child.kill()
+                child.wait()
+        child_status = child.returncode
+    if exporter is not None and hasattr(exporter, "close"):
+        exporter.close()
+
+    if json_out:
+        doc = summary.to_json()
+        doc["command_exit_status"] = child_status
+        if explainer is not None:
+            doc["findings"] = explainer.findings()
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        return
+    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
+    if summary.dropped:
+        line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
+    print(line)
+    if quiet:
+        return
+    if child_status is not None:
+        print(f"Command exited with status {child_status}")
+    if explainer is not None:
+        for f in explainer.findings():
+            print(f"finding: {f.get('title', f) if isinstance(f, dict) else f}")
+    print(f"Next: whyprobe stats {out}\n      whyprobe explain {out}")

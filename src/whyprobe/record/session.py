@@ -1,0 +1,481 @@
+"""One trace: probe families attached to a shared ProbeSet, a reader thread draining the rings into the writer.
+
+The reader thread is the only consumer of the rings: it drains whole spans
+(numpy, no per-record Python), converts them to rows, joins payload text
+(paths, argv, addresses) to its event, hashes new user stacks, feeds the live
+statistics and hands the batch to the writer, whose bounded queue never
+blocks it. Everything slower (attaching libraries a target dlopen'd,
+enrolling children, reading drop counters) runs in `run()` on the caller's
+thread. The UI only ever reads immutable snapshots.
+
+Hooks a probe family may define besides the ProbeFamily protocol:
+  tick(pids) -> list[str]         periodic (~200 ms) work, e.g. attach new libraries
+  flags() -> dict                 merged into sessions.flags at the end
+  on_payloads(list[(hdr, data)])  every drained payload record (MCP bytes, paths ...)
+  on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from whyprobe.kernel.libbpf import map_lookup
+from whyprobe.kernel.loader import ProbeSet
+from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.probes.base import ProbeFamily, TargetSpec
+from whyprobe.record.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
+from whyprobe.store.writer import Writer, rows_from_records
+
+try:  # the host families own the text of paths, argv and addresses
+    from whyprobe.probes.host import describe as _describe
+except ImportError:
+    _describe = None
+
+log = logging.getLogger(__name__)
+
+STACK_DEPTH = 127
+TICK_S = 0.2
+SNAPSHOT_S = 0.25
+# Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
+_BUCKETS_PER_OCTAVE = 8
+_NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
+_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR)
+
+
+@dataclass
+class TraceOptions:
+    ring_bytes: int = 1 << 24
+    payload_ring_bytes: int = 1 << 22
+    capture_stacks: bool = False
+    trace_all: bool = False
+    max_events_per_sec: int = 0
+    max_db_mb: float = 0
+    retention_hours: float = 0
+    max_queue: int = 256
+    poll_ms: int = 50
+    # Extra columns for this session's row (probes, pid_filter, argv ...).
+    session_fields: dict = field(default_factory=dict)
+    # Called on the reader thread with every drained batch (Prometheus metrics, live explain).
+    on_records: list[Callable[[np.ndarray], None]] = field(default_factory=list)
+    on_rows: list[Callable[[np.ndarray], None]] = field(default_factory=list)
+    # Enroll descendants from /proc when no in-kernel fork tracking (the proc family) is attached.
+    follow_children: bool = True
+    # Tests only: pause the reader between polls, to make a small ring overflow.
+    drain_pause_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class OpStat:
+    name: str
+    count: int
+    rate: float  # per second over the last snapshot interval
+    p50_ns: float
+    p99_ns: float
+    errors: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    elapsed_s: float
+    targets: tuple[int, ...]
+    ops: tuple[OpStat, ...]
+    events: int
+    drops: dict
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    path: str
+    events: int
+    ring_drops: int
+    rate_drops: int
+    queue_drops: int
+    duration_s: float
+    ops: tuple[OpStat, ...]
+    warnings: tuple[str, ...]
+    targets: tuple[int, ...]
+
+    @property
+    def dropped(self) -> int:
+        return self.ring_drops + self.rate_drops + self.queue_drops
+
+    def to_json(self) -> dict:
+        return {
+            "out": self.path,
+            "events": self.events,
+            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped},
+            "duration_s": round(self.duration_s, 3),
+            "targets": list(self.targets),
+            "ops": {o.name: {"count": o.count, "p50_ns": o.p50_ns, "p99_ns": o.p99_ns, "errors": o.errors} for o in self.ops},
+            "warnings": list(self.warnings),
+        }
+
+
+def display_name(source: int, op: int) -> str:
+    if source == Source.SYSCALL:
+        try:
+            from whyprobe.probes.syscalls_x86_64 import syscall_name
+
+            return syscall_name(op)
+        except ImportError:
+            pass
+    return op_name(source, op)
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def as_int64(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+class LatencyStats:
+    """Per-op counts and log-bucket latency histograms (exact counts, ~9% quantile resolution)."""
+
+    def __init__(self) -> None:
+        self.hist: dict[int, np.ndarray] = {}
+        self.errors: dict[int, int] = {}
+
+    def add(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
+        key = records["source"].astype(np.int64) << 16 | records["op"]
+        dur = np.maximum(records["duration_ns"], 1).astype(np.float64)
+        bucket = np.minimum((np.log2(dur) * _BUCKETS_PER_OCTAVE).astype(np.int64), _NBUCKETS - 1)
+        # CUDA calls fail with any non-zero code; syscalls and the rest with a negative one.
+        cuda = (records["source"] == Source.CUDA) | (records["source"] == Source.DRIVER)
+        failed = np.where(cuda, records["ret"] != 0, records["ret"] < 0)
+        for k in np.unique(key):
+            sel = key == k
+            h = self.hist.setdefault(int(k), np.zeros(_NBUCKETS, np.int64))
+            h += np.bincount(bucket[sel], minlength=_NBUCKETS)
+            self.errors[int(k)] = self.errors.get(int(k), 0) + int(np.count_nonzero(failed[sel]))
+
+    @staticmethod
+    def quantile(h: np.ndarray, q: float) -> float:
+        total = int(h.sum())
+        if total == 0:
+            return 0.0
+        i = int(np.searchsorted(np.cumsum(h), math.ceil(q * total)))
+        return 2 ** ((i + 0.5) / _BUCKETS_PER_OCTAVE)
+
+    def counts(self) -> dict[int, int]:
+        return {k: int(h.sum()) for k, h in self.hist.items()}
+
+    def ops(self, prev_counts: dict[int, int], interval_s: float) -> tuple[OpStat, ...]:
+        out = []
+        for k, h in self.hist.items():
+            n = int(h.sum())
+            rate = (n - prev_counts.get(k, 0)) / interval_s if interval_s > 0 else 0.0
+            out.append(OpStat(display_name(k >> 16, k & 0xFFFF), n, rate, self.quantile(h, 0.5), self.quantile(h, 0.99), self.errors.get(k, 0)))
+        return tuple(sorted(out, key=lambda o: -o.count))
+
+
+class TraceSession:
+    """Attach families, drain into `out`, stop cleanly. Use start(), run(until), stop()."""
+
+    def __init__(self, out: Path | str, families: Sequence[ProbeFamily], targets: TargetSpec, options: TraceOptions | None = None) -> None:
+        self.out = Path(out)
+        self.families = list(families)
+        self.targets = targets
+        self.options = options or TraceOptions()
+        self.probes: ProbeSet | None = None
+        self.writer: Writer | None = None
+        self.warnings: list[str] = []
+        self.stats = LatencyStats()
+        self._pids: set[int] = set(targets.pids)
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._ring: RingReader | None = None
+        self._payloads: PayloadReader | None = None
+        self._clock_offset = 0
+        self._seen_tids: set[int] = set()
+        self._seen_pids: set[int] = set()
+        self._stack_hash: dict[int, int] = {}
+        self._detail_payloads: list = []
+        self._detail_mark = 0
+        self._records_seen = 0
+        self._started = 0.0
+        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "queue": 0})
+        self._prev_counts: dict[int, int] = {}
+        self._last_snapshot = 0.0
+        self._drops = {"ring": 0, "rate": 0}
+        self._reader_error: BaseException | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Open the database, load and attach every family, enroll targets, start draining."""
+        from whyprobe.store.writer import clock_offset_ns
+
+        opts = self.options
+        session = dict(opts.session_fields)
+        session.setdefault("probes", ",".join(f.name for f in self.families))
+        session.setdefault("pid_filter", "all" if self.targets.trace_all else ",".join(map(str, sorted(self._pids))))
+        self.writer = Writer(self.out, session=session, max_queue=opts.max_queue, max_db_mb=opts.max_db_mb, retention_hours=opts.retention_hours)
+        self._clock_offset = clock_offset_ns()
+        try:
+            self.probes = ProbeSet(
+                trace_all=self.targets.trace_all or opts.trace_all,
+                max_events_per_sec=opts.max_events_per_sec,
+                capture_stacks=opts.capture_stacks,
+                events_ring_bytes=opts.ring_bytes,
+                payloads_ring_bytes=opts.payload_ring_bytes,
+            )
+            for fam in self.families:
+                self.warnings += fam.attach(self.probes, self.targets)
+            self.probes.add_targets(self._pids)
+            self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
+            self._payloads = PayloadReader(self.probes.payloads_fd)
+        except BaseException:
+            self._teardown_on_error()
+            raise
+        self._started = time.monotonic()
+        self._last_snapshot = self._started
+        self._reader = threading.Thread(target=self._read_loop, name="whyprobe-reader", daemon=True)
+        self._reader.start()
+        return list(self.warnings)
+
+    def add_targets(self, pids: Sequence[int]) -> None:
+        new = [p for p in pids if p not in self._pids]
+        if new and self.probes is not None:
+            self._pids.update(new)
+            self.probes.add_targets(new)
+
+    def run(self, until: Callable[[], bool], stop: threading.Event | None = None) -> None:
+        """Housekeeping on the caller's thread until `until()` is true or `stop` is set."""
+        stop = stop or threading.Event()
+        while not stop.is_set() and not until() and self._reader_error is None:
+            self.tick()
+            stop.wait(TICK_S)
+
+    def tick(self) -> None:
+        """Periodic work: new libraries, children, drop counters."""
+        pids = sorted(self._pids)
+        for fam in self.families:
+            if hasattr(fam, "tick"):
+                try:
+                    self.warnings += fam.tick(pids)
+                except Exception as exc:  # a family's housekeeping must not end the trace
+                    log.warning("%s tick failed: %s", fam.name, exc)
+        if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
+            self.add_targets(_descendants(pids))
+        self._drops = self.probes.drops()
+
+    def stop(self) -> TraceSummary:
+        """Detach (links first), drain what is left, let families flush, commit and close."""
+        assert self.probes is not None and self.writer is not None
+        self.probes.detach()
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join()
+        # The reader has stopped: drain the rest here, until the rings are empty.
+        while self._drain_once(0):
+            pass
+        for fam in self.families:
+            fam.finish(self.probes, self.writer)
+        drops = self.probes.drops()
+        flags: dict = {}
+        for fam in self.families:
+            if hasattr(fam, "flags"):
+                flags.update(fam.flags())
+        if self.warnings:
+            flags["warnings"] = self.warnings
+        self.writer.update_session(
+            ring_drops=drops["ring"], rate_drops=drops["rate"], events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags
+        )
+        self._ring.close()
+        self._payloads.close()
+        self.probes.close()
+        self.writer.close()
+        elapsed = time.monotonic() - self._started
+        summary = TraceSummary(
+            path=str(self.out),
+            events=self.writer.events_written,
+            ring_drops=drops["ring"],
+            rate_drops=drops["rate"],
+            queue_drops=self.writer.queue_drops,
+            duration_s=elapsed,
+            ops=self.stats.ops({}, 0),
+            warnings=tuple(self.warnings),
+            targets=tuple(sorted(self._pids)),
+        )
+        if self._reader_error is not None:
+            raise self._reader_error
+        return summary
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(self._pids)
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._reader_error
+
+    def _teardown_on_error(self) -> None:
+        for r in (self._ring, self._payloads):
+            if r is not None:
+                r.close()
+        if self.probes is not None:
+            self.probes.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    # ---- reader thread -------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain_once(self.options.poll_ms)
+                now = time.monotonic()
+                if now - self._last_snapshot >= SNAPSHOT_S:
+                    self._publish(now)
+                if self.options.drain_pause_s:
+                    self._stop.wait(self.options.drain_pause_s)
+        except BaseException as exc:  # surfaced by run()/stop(): the trace must not hang silently
+            log.error("reader failed: %s", exc)
+            self._reader_error = exc
+
+    def _drain_once(self, timeout_ms: int) -> int:
+        records = self._ring.poll(timeout_ms)
+        payloads = self._payloads.poll(0)
+        if payloads:
+            self._take_payloads(payloads)
+        if not len(records):
+            return len(payloads)
+        self._records_seen += len(records)
+        rows = rows_from_records(records, self._clock_offset)
+        if self.options.capture_stacks:
+            self._fill_stacks(records, rows)
+        details = self._details(records)
+        self._names(records)
+        self.stats.add(records)
+        for fam in self.families:
+            fam.on_batch(records)
+        for cb in self.options.on_records:
+            cb(records)
+        for cb in self.options.on_rows:
+            cb(rows)
+        self.writer.put_events(rows, details)
+        return len(records)
+
+    def _take_payloads(self, payloads: list) -> None:
+        for fam in self.families:
+            if hasattr(fam, "on_payloads"):
+                fam.on_payloads(payloads)
+        self._detail_payloads += [(h, d) for h, d in payloads if int(h["kind"]) in _DETAIL_KINDS]
+
+    def _details(self, records: np.ndarray) -> list[str | None] | None:
+        """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
+
+        Producers submit a payload before its event, so it was drained in this
+        round or the one before (if it landed between our two ring reads); older
+        unmatched payloads belong to dropped events and are let go.
+        """
+        if _describe is None or not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
+            self._detail_payloads = self._detail_payloads[self._detail_mark :]
+            self._detail_mark = len(self._detail_payloads)
+            return None
+        details = _describe(records, self._detail_payloads)
+        self._detail_payloads = self._detail_payloads[self._detail_mark :]
+        self._detail_mark = len(self._detail_payloads)
+        return details if any(d is not None for d in details) else None
+
+    def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
+        ids = records["stack_id"]
+        has = ids >= 0
+        if not has.any():
+            return
+        new_rows, seen = [], []
+        for sid in np.unique(ids[has]).tolist():
+            if sid in self._stack_hash:
+                continue
+            raw = map_lookup(self.probes.stacks_fd, int(sid).to_bytes(4, "little"), STACK_DEPTH * 8)
+            ips = [ip for ip in np.frombuffer(raw, "<u8").tolist() if ip] if raw else []
+            h = as_int64(fnv1a64(np.asarray(ips, "<u8").tobytes())) if ips else 0
+            self._stack_hash[sid] = h
+            if h:
+                new_rows.append((h, "[" + ",".join(f'"{ip:#x}"' for ip in ips) + "]", ""))
+                pid = int(records["pid"][np.flatnonzero(ids == sid)[0]])
+                seen.append((pid, h, ips))
+        if new_rows:
+            self.writer.put_rows("stack_traces", ("hash", "ips", "frames"), new_rows)
+            for fam in self.families:
+                if hasattr(fam, "on_stacks"):
+                    fam.on_stacks(seen)
+        lookup = self._stack_hash
+        rows["stack_hash"][has] = [lookup[s] for s in ids[has].tolist()]
+
+    def _names(self, records: np.ndarray) -> None:
+        tids, first = np.unique(records["tid"], return_index=True)
+        new = [i for t, i in zip(tids.tolist(), first.tolist()) if t not in self._seen_tids]
+        if not new:
+            return
+        now = time.time_ns()
+        threads, procs = [], []
+        for i in new:
+            tid, pid = int(records["tid"][i]), int(records["pid"][i])
+            comm = records["comm"][i].split(b"\0")[0].decode(errors="replace")
+            self._seen_tids.add(tid)
+            threads.append((tid, pid, comm, now))
+            if pid not in self._seen_pids:
+                self._seen_pids.add(pid)
+                procs.append(_process_row(pid, comm, now))
+        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
+        if procs:
+            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
+
+    def _publish(self, now: float) -> None:
+        interval = now - self._last_snapshot
+        drops = dict(self._drops, queue=self.writer.queue_drops)
+        ops = self.stats.ops(self._prev_counts, interval)
+        self._prev_counts = self.stats.counts()
+        self._last_snapshot = now
+        self._snapshot = Snapshot(now - self._started, tuple(sorted(self._pids)), ops, self._records_seen, drops, tuple(self.warnings))
+
+
+def _process_row(pid: int, comm: str, now: int) -> tuple:
+    """(pid, name, seen_at, ppid, cmdline, exe, started_at) from /proc while the process is alive."""
+    import psutil
+
+    cmdline = exe = ""
+    ppid = started = 0
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = shlex.join(a.decode(errors="replace") for a in f.read().rstrip(b"\0").split(b"\0"))
+        exe = os.readlink(f"/proc/{pid}/exe")
+        p = psutil.Process(pid)
+        ppid, started = p.ppid(), int(p.create_time() * 1e9)
+    except (OSError, psutil.Error):  # gone or unreadable: keep what we have
+        pass
+    return (pid, comm, now, ppid, cmdline, exe, started)
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+    return out

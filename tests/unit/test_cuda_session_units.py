@@ -1,0 +1,86 @@
+"""Pure-Python parts of the trace: size/duration parsing, live latency stats, stack hashing,
+the live view rendered from a fake snapshot, and the family registry."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from whyprobe.commands.trace import parse_duration, parse_size
+from whyprobe.errors import CommandError, ConfigError
+from whyprobe.probes import available, families
+from whyprobe.record.events import EVENT_DTYPE, Source
+from whyprobe.record.session import LatencyStats, OpStat, Snapshot, as_int64, fnv1a64
+from whyprobe.ui.live import fmt_ns, render_snapshot
+
+
+@pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h", 3600), ("500ms", 0.5), ("2", 2), ("1.5s", 1.5)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, size", [("64MiB", 64 << 20), ("64KiB", 64 << 10), ("4096", 4096), ("1G", 1 << 30), ("16mb", 16 << 20)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_bad_size_says_how():
+    with pytest.raises(CommandError, match=r"^Invalid size: '64 parsecs' \(use e.g. 64MiB, 512KiB, 4096\)$"):
+        parse_size("64 parsecs")
+
+
+def _records(durations, source=Source.CUDA, op=1, ret=0):
+    r = np.zeros(len(durations), EVENT_DTYPE)
+    r["duration_ns"] = durations
+    r["source"], r["op"], r["ret"] = source, op, ret
+    return r
+
+
+def test_latency_stats_quantiles_and_errors():
+    stats = LatencyStats()
+    # 990 calls of 1 µs and 10 of 1 ms: p50 ~1 µs, p99 still 1 µs, p99.9 would be 1 ms
+    stats.add(_records([1000] * 990 + [1_000_000] * 10))
+    stats.add(_records([5000] * 4, op=3, ret=35))
+    stats.add(_records([10] * 3, source=Source.SYSCALL, op=0, ret=7))  # a read that returned 7 bytes is no error
+    ops = {o.name: o for o in stats.ops({}, 0)}
+    assert ops["cudaMalloc"].count == 1000 and ops["cudaMalloc"].errors == 0
+    assert 1000 / 1.1 <= ops["cudaMalloc"].p50_ns <= 1000 * 1.1
+    assert 1000 / 1.1 <= ops["cudaMalloc"].p99_ns <= 1000 * 1.1
+    assert ops["cudaLaunchKernel"].errors == 4
+    assert ops["read"].errors == 0
+    assert 1_000_000 / 1.1 <= LatencyStats.quantile(stats.hist[1 << 16 | 1], 0.999) <= 1_000_000 * 1.1
+
+
+def test_rates_come_from_the_previous_counts():
+    stats = LatencyStats()
+    stats.add(_records([1000] * 50))
+    (op,) = stats.ops({1 << 16 | 1: 30}, 0.25)
+    assert op.rate == 80.0
+
+
+def test_stack_hash_is_fnv1a64_as_sqlite_integer():
+    assert fnv1a64(b"") == 0xCBF29CE484222325
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+    assert as_int64(0xAF63DC4C8601EC8C) == 0xAF63DC4C8601EC8C - (1 << 64)
+
+
+def test_live_view_renders_a_snapshot():
+    snap = Snapshot(12.5, (42,), (OpStat("cudaMemcpy", 1234, 98.0, 2_500_000, 40_000_000, 3),), 1300, {"ring": 7, "rate": 0, "queue": 0})
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(render_snapshot(snap, "t.db"))
+    text = console.file.getvalue()
+    assert "cudaMemcpy" in text and "1,234" in text and "2.5 ms" in text and "40 ms" in text
+    assert "drops: ring 7  rate 0  queue 0" in text
+    assert "elapsed 12.5 s   events 1,300   targets 42" in text
+    assert fmt_ns(0) == "-" and fmt_ns(950) == "950 ns" and fmt_ns(1.5e9) == "1.5 s"
+
+
+def test_family_registry():
+    assert "cuda" in available() and "wire" in available()
+    (cuda,) = families(["cuda"], cuda={"libraries": ["/x/libcudart.so.12"]})
+    assert cuda.name == "cuda" and cuda.libraries == [("/x/libcudart.so.12", "--lib")]
+    with pytest.raises(ConfigError, match=r"^Unknown probe family 'gpu': valid ones are cuda, "):
+        families(["cuda", "gpu"])
