@@ -11,6 +11,7 @@
 #include <bpf/bpf_core_read.h>
 #include "common.bpf.h"
 #include "cuda.h"
+#include "pystacks.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -21,6 +22,7 @@ struct call {
 	__u64 arg1;
 	__u64 arg2;
 	__u64 outp;     /* user pointer whose value becomes arg1 at return (allocations) */
+	__u64 py;       /* Python stack id in py_stacks (0 = none) */
 	__s32 stack_id;
 	__u32 pad;
 };
@@ -192,9 +194,12 @@ int handle_cuda_entry(struct pt_regs *ctx)
 	c->cookie = cookie;
 	c->arg0 = c->arg1 = c->arg2 = c->outp = 0;
 	c->stack_id = -1;
+	c->py = 0;
 	read_args(ctx, c, cookie);
-	if (capture_stacks)
+	if (capture_stacks) {
 		c->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+		c->py = wp_py_stack();
+	}
 	/* Last: the duration should not include our own argument reads. */
 	c->ts = bpf_ktime_get_ns();
 	return 0;
@@ -230,6 +235,10 @@ int handle_cuda_return(struct pt_regs *ctx)
 	e->ret = (__s32)PT_REGS_RC(ctx);
 	if (CUDA_COOKIE_PTSZ(c->cookie))
 		e->flags |= WP_F_PTSZ;
+	if (c->py) {
+		e->aux = c->py;
+		e->flags |= WP_F_HAS_PYSTACK;
+	}
 	c->ts = 0;
 	wp_submit_event(e);
 	return 0;

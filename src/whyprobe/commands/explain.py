@@ -1,14 +1,88 @@
-"""`whyprobe explain` (not built yet)."""
+"""`whyprobe explain`: latency tails and GPU-idle gaps, their kernel causes, blockers and fixes."""
 
 from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from typing import Optional
 
 import typer
 
 from whyprobe.errors import CommandError
 
+_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_OFFSET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
+_RAW_NS_MIN = 10**15  # unix ns after 1970-01-12: anything smaller is surely a forgotten unit
+
+
+def resolve_bound(text: str | None, first_ns: int, option: str) -> int | None:
+    """`--since/--until` as an offset into the trace (`10s`, `250ms`), an ISO time, or raw unix ns."""
+    if text is None:
+        return None
+    m = _OFFSET.match(text)
+    if m:
+        return first_ns + int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+    if text.strip().isdigit():
+        value = int(text)
+        if value < _RAW_NS_MIN:
+            raise CommandError(f"{option} {text}: a bare number is read as unix ns; for an offset into the trace add a unit, e.g. {text}s")
+        return value
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(
+            f"{option} {text!r}: expected an offset into the trace (10s, 500ms, 2m), an ISO time (2026-03-20T14:06:20) or unix ns"
+        ) from None
+    return int(round(when.timestamp() * 1e9)) if when.tzinfo else int(round(when.astimezone().timestamp() * 1e9))
+
 
 def register(app: typer.Typer) -> None:
     @app.command("explain")
-    def _cmd() -> None:
-        """Not built yet."""
-        raise CommandError("explain is not built yet")
+    def explain_cmd(
+        db: str = typer.Argument(..., metavar="DB", help="A whyprobe or Ingero database."),
+        json_out: bool = typer.Option(False, "--json", help="Print the findings document as JSON."),
+        since: Optional[str] = typer.Option(None, "--since", help="Start: offset into the trace (10s), ISO time, or unix ns."),
+        until: Optional[str] = typer.Option(None, "--until", help="End: offset into the trace (20s), ISO time, or unix ns."),
+        pid: Optional[int] = typer.Option(None, "--pid", help="Only slow calls and gaps of this process."),
+        op: Optional[str] = typer.Option(None, "--op", help="Only this op (e.g. cudaLaunchKernel; gpu_idle for gaps)."),
+        min_severity: str = typer.Option("low", "--min-severity", help="low, medium or high."),
+        no_store: bool = typer.Option(False, "--no-store", help="Do not append the findings to the database's findings table."),
+    ) -> None:
+        """Why calls were slow and the GPU idle: kernel evidence, blockers and fixes.
+
+          whyprobe explain t.db
+          whyprobe explain t.db --since 10s --until 20s --json
+          whyprobe explain t.db --op cudaLaunchKernel --min-severity medium
+        """
+        from whyprobe.analyze.explain import explain, store_findings
+        from whyprobe.errors import StoreError
+        from whyprobe.reporters.explain import render_explain_json, render_explain_text
+        from whyprobe.store.reader import open_trace
+
+        if min_severity not in ("low", "medium", "high"):
+            raise CommandError(f"--min-severity {min_severity!r}: use low, medium or high")
+        with open_trace(db) as trace:
+            row = trace.conn.execute("SELECT MIN(timestamp) FROM events").fetchone()
+            first = int(row[0]) if row and row[0] is not None else 0
+            since_ns = resolve_bound(since, first, "--since")
+            until_ns = resolve_bound(until, first, "--until")
+            if since_ns is not None and until_ns is not None and until_ns <= since_ns:
+                raise CommandError(f"--until must be after --since (got {since} .. {until})")
+            doc = explain(trace, since_ns=since_ns, until_ns=until_ns, pid=pid, op=op, min_severity=min_severity)
+            flavor = trace.flavor
+        if json_out:
+            render_explain_json(doc, sys.stdout)
+        else:
+            render_explain_text(doc, sys.stdout)
+        if no_store:
+            return
+        if flavor != "whyprobe":
+            print(f"whyprobe: {db} is an Ingero database; findings not stored (--no-store implied)", file=sys.stderr)
+            return
+        try:
+            added = store_findings(db, doc)
+        except StoreError as exc:
+            print(f"whyprobe: {exc}", file=sys.stderr)
+            return
+        print(f"Stored {added} finding(s) in {db} (findings table)", file=sys.stderr)

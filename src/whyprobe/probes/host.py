@@ -407,7 +407,7 @@ class SyscallsFamily:
                         "errors": errors, "total_ns": total, "max_ns": mx, "hist": hist})
         return out
 
-    def flush_stats(self, writer: object) -> None:
+    def checkpoint(self, writer: object) -> None:
         """Write the cumulative aggregates (safe to call periodically: rows are replaced)."""
         sid = getattr(writer, "session_id", 0)
         rows = [(sid, s["pid"], s["tid"], s["nr"], s["count"], s["errors"], s["total_ns"], s["max_ns"], json.dumps(s["hist"]))
@@ -416,7 +416,7 @@ class SyscallsFamily:
             writer.put_rows("syscall_stats", STATS_COLUMNS, rows, replace=True)
 
     def finish(self, probes: ProbeSet, writer: object) -> None:
-        self.flush_stats(writer)
+        self.checkpoint(writer)
         writer.put_rows("ops", ("source_id", "op_id", "name", "description"), syscall_ops())
 
 

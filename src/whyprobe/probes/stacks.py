@@ -438,6 +438,9 @@ class StacksFamily:
         self.combined: dict[int, tuple[list[int], list[dict]]] = {}
         self._py_frames: dict[tuple[int, int], tuple[list[tuple[int, int]], list[dict]]] = {}
         self._configured: set[tuple[int, int]] = set()  # (map fd, pid)
+        # Last maps seen per pid, and what they looked like (an exec replaces them):
+        # symbolization still works after a short-lived process has exited.
+        self._maps: dict[int, list[Mapping]] = {}
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
         self.probes = probes
@@ -454,6 +457,15 @@ class StacksFamily:
         """Tell every pystacks-capable object where new targets keep their interpreter."""
         maps = self._py_maps()
         for pid in pids:
+            current = read_maps(pid)
+            if current and current != self._maps.get(pid):
+                execed = pid in self._maps and current[0] != self._maps[pid][0]
+                self._maps[pid] = current
+                # After an exec, or while the interpreter was not found yet (seen mid-exec, before
+                # libpython is mapped): look again.
+                if execed or self.pythons.get(pid, 0) is None:
+                    self.pythons.pop(pid, None)
+                    self._configured = {k for k in self._configured if k[1] != pid}
             if pid not in self.pythons:
                 target = discover_python(pid)
                 self.pythons[pid] = PythonFrames(target) if target else None
@@ -469,7 +481,7 @@ class StacksFamily:
     def on_stacks(self, seen: Sequence[tuple[int, int, list[int]]]) -> None:
         cache: dict[int, list[Mapping]] = {}
         for pid, h, ips in seen:
-            maps = cache.setdefault(pid, read_maps(pid))
+            maps = cache.setdefault(pid, read_maps(pid) or self._maps.get(pid, []))
             self.native[h] = (list(ips), symbolize_native(pid, ips, maps))
 
     def _python_stack(self, pid: int, py_id: int) -> tuple[list[tuple[int, int]], list[dict]] | None:

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 STACK_DEPTH = 127
 TICK_S = 0.2
 SNAPSHOT_S = 0.25
+# In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
+CHECKPOINT_S = 5.0
 # Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
 _BUCKETS_PER_OCTAVE = 8
 _NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
@@ -72,6 +74,8 @@ class TraceOptions:
     follow_children: bool = True
     # Tests only: pause the reader between polls, to make a small ring overflow.
     drain_pause_s: float = 0.0
+    # One system_snapshots row per second (CPU %, memory, load).
+    snapshots: bool = True
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,8 @@ class TraceSession:
         self._last_snapshot = 0.0
         self._drops = {"ring": 0, "rate": 0}
         self._reader_error: BaseException | None = None
+        self._snapshots = None
+        self._last_checkpoint = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -249,6 +255,10 @@ class TraceSession:
         self._last_snapshot = self._started
         self._reader = threading.Thread(target=self._read_loop, name="whyprobe-reader", daemon=True)
         self._reader.start()
+        if opts.snapshots:
+            from whyprobe.record.snapshots import SnapshotThread
+
+            self._snapshots = SnapshotThread(self.writer).start()
         return list(self.warnings)
 
     def add_targets(self, pids: Sequence[int]) -> None:
@@ -276,11 +286,19 @@ class TraceSession:
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))
         self._drops = self.probes.drops()
+        now = time.monotonic()
+        if now - self._last_checkpoint >= CHECKPOINT_S:
+            self._last_checkpoint = now
+            for fam in self.families:
+                if hasattr(fam, "checkpoint"):
+                    fam.checkpoint(self.writer)
 
     def stop(self) -> TraceSummary:
         """Detach (links first), drain what is left, let families flush, commit and close."""
         assert self.probes is not None and self.writer is not None
         self.probes.detach()
+        if self._snapshots is not None:
+            self._snapshots.stop()
         self._stop.set()
         if self._reader is not None:
             self._reader.join()
@@ -370,6 +388,9 @@ class TraceSession:
         self.stats.add(records)
         for fam in self.families:
             fam.on_batch(records)
+        for fam in self.families:
+            if hasattr(fam, "on_rows"):
+                fam.on_rows(rows)
         for cb in self.options.on_records:
             cb(records)
         for cb in self.options.on_rows:

@@ -1,0 +1,213 @@
+"""`explain`: latency tails and GPU-idle gaps tied to the kernel evidence that overlaps them.
+
+Public API (used by the CLI, the MCP server and `trace --explain`):
+
+* ``explain(db, since_ns=, until_ns=, pid=, op=, min_severity=) -> dict`` — the
+  `explain --json` document (DESIGN.md), nothing stored;
+* ``store_findings(path, doc) -> int`` — append the findings to the `findings`
+  table (history: a finding seen again is a new row with its window);
+* ``LiveExplainer`` — the same engine, fed batches of events while tracing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whyprobe.analyze import cudaops, engine
+from whyprobe.analyze.engine import FirstCalls, Names
+from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze
+from whyprobe.analyze.live import LiveExplainer
+from whyprobe.analyze.offcpu import SCHED_SWITCH
+from whyprobe.errors import StoreError, WhyprobeError
+from whyprobe.record.events import Source
+from whyprobe.store.reader import TraceDB
+
+__all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]
+
+STACK_FRAMES = 8
+
+
+# ---------------------------------------------------------------- reading the database
+
+
+def _names(db: TraceDB) -> Names:
+    names = Names()
+    if db.has("thread_names"):
+        names.threads = {int(t): (int(p), str(c)) for t, p, c in db.conn.execute("SELECT tid, pid, comm FROM thread_names")}
+    if db.has("process_names", "name"):
+        names.procs = {int(p): str(n) for p, n in db.conn.execute("SELECT pid, name FROM process_names")}
+    return names
+
+
+def _scalar(db: TraceDB, sql: str, params: tuple = ()) -> int | None:
+    row = db.conn.execute(sql, params).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _drops(db: TraceDB) -> int:
+    cols = [c for c in ("ring_drops", "queue_drops", "rate_drops") if db.has("sessions", c)]
+    if not cols:
+        return 0
+    return _scalar(db, f"SELECT COALESCE(SUM({' + '.join(cols)}), 0) FROM sessions") or 0
+
+
+def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
+    """(source, op, pid) → events the recorder counted but did not keep (event_aggregates)."""
+    if not (db.has("event_aggregates", "count") and db.has("event_aggregates", "stored")):
+        return {}
+    rows = db.conn.execute(
+        "SELECT source, op, pid, SUM(count), SUM(stored) FROM event_aggregates GROUP BY source, op, pid HAVING SUM(count) > SUM(stored)"
+    )
+    return {(int(s), int(o), int(p)): int(c) - int(k) for s, o, p, c, k in rows}
+
+
+def _sched_complete(db: TraceDB) -> dict[int, tuple[int, int]]:
+    """pid → (sched_switch rows stored, rows counted) where the aggregates count more than are stored."""
+    if not db.has("event_aggregates", "count"):
+        return {}
+    counted = dict(db.conn.execute("SELECT pid, SUM(count) FROM event_aggregates WHERE source = ? AND op = ? GROUP BY pid", SCHED_SWITCH))
+    if not counted:
+        return {}
+    stored = dict(db.conn.execute("SELECT pid, COUNT(*) FROM events WHERE source = ? AND op = ? GROUP BY pid", SCHED_SWITCH))
+    return {int(p): (int(stored.get(p, 0)), int(c)) for p, c in counted.items() if stored.get(p, 0) < 0.98 * c}
+
+
+def _stack(db: TraceDB, stack_hash: int) -> list[str]:
+    if not stack_hash or not db.has("stack_traces", "frames"):
+        return []
+    from whyprobe.analyze.stacks import frame_label, parse_frames
+
+    row = db.conn.execute("SELECT frames FROM stack_traces WHERE hash = ?", (stack_hash,)).fetchone()
+    return [frame_label(f) for f in parse_frames(row[0] if row else None)][:STACK_FRAMES]
+
+
+_CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
+_SCHED_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg1", "arg2", "aux", "ret_code", "flags", "cpu")
+_HOST_COLS = ("timestamp", "pid", "tid", "source", "op", "duration")
+
+
+def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
+    """The events explain needs (unordered): calls, plus the evidence of the threads and
+    processes that make them. Evidence starts up to the longest duration before the window,
+    so intervals reaching into it count. `+source` keeps SQLite on a plain scan: these
+    queries read most of the table, where index lookups plus a sort cost several times more."""
+    margin = _scalar(db, "SELECT MAX(duration) FROM events") or 0
+    span, args = ("", ()) if whole else (" AND timestamp >= ? AND timestamp < ?", (start - margin, end))
+    marks = ", ".join("?" * len(TAIL_SOURCES))
+    calls = db.load_columns(_CALL_COLS, f"+source IN ({marks}){span}", (*TAIL_SOURCES, *args), ordered=False)
+    tids, pids = np.unique(calls["tid"]), np.unique(calls["pid"])
+    sched = db.load_columns(_SCHED_COLS, f"+source = ? AND op = ?{span}", (*SCHED_SWITCH, *args), ordered=False)
+    host_sources = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
+    host = db.load_columns(_HOST_COLS, f"+source IN (?, ?, ?, ?){span}", (*host_sources, *args), ordered=False)
+    by_pid = np.isin(host["source"], (int(Source.IO), int(Source.TCP)))
+    host = host[np.where(by_pid, np.isin(host["pid"], pids), np.isin(host["tid"], tids))]
+    return np.concatenate((calls, sched[np.isin(sched["tid"], tids)], host))
+
+
+def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
+    firsts = FirstCalls()
+    if whole_trace:
+        firsts.learn(gpu_calls)
+    else:
+        firsts.learn(db.load_columns(_CALL_COLS, "source IN (?, ?)", cudaops.GPU_SOURCES))
+    return firsts
+
+
+def explain(
+    db: TraceDB,
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    pid: int | None = None,
+    op: str | None = None,
+    min_severity: str = "low",
+) -> dict:
+    """The `explain --json` document for the calls in [since_ns, until_ns) (nothing is stored)."""
+    if min_severity not in engine.SEVERITY_RANK:
+        raise WhyprobeError(f"min_severity must be one of high, medium, low (got {min_severity!r})")
+    first = _scalar(db, "SELECT MIN(timestamp) FROM events")
+    last = _scalar(db, "SELECT MAX(timestamp + duration) FROM events")
+    start = since_ns if since_ns is not None else (first or 0)
+    end = until_ns if until_ns is not None else (last or 0) + 1
+    dropped = _drops(db)
+    not_stored = _not_stored(db)
+    doc = {
+        "database": str(db.path), "flavor": db.flavor, "window": {"start_ns": int(start), "end_ns": int(end)},
+        "complete": dropped == 0 and not not_stored, "dropped_events": int(dropped),
+        "not_stored_events": int(sum(not_stored.values())), "notes": [], "findings": [],
+    }
+    if not_stored:
+        doc["notes"].append(
+            f"The recorder counted {doc['not_stored_events']} events it did not store (event_aggregates): evidence may be missing."
+        )
+    if dropped:
+        doc["notes"].append(f"{dropped} events were dropped while tracing: evidence may be missing.")
+    if first is None or end <= start:
+        return doc
+    whole = (since_ns is None or since_ns <= first) and (until_ns is None or until_ns > (last or 0))
+    events = _load(db, start, end, whole)
+    degraded = db.flavor == "ingero" or not db.has("events", "aux")
+    if degraded:
+        doc["notes"].append(INGERO_NOTE)
+    names = _names(db)
+    names.learn(events)
+    incomplete = _sched_complete(db)
+    ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)
+    gpu_loaded = events[cudaops.is_gpu_call(events)]
+    firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
+    findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)
+    doc["findings"] = engine.rank(engine.merge(findings), min_severity)
+    return doc
+
+
+# ---------------------------------------------------------------- history
+
+
+def store_findings(path: str | os.PathLike, doc: dict) -> int:
+    """Append `doc`'s findings to the findings table of the whyprobe database at `path`; rows added.
+
+    Raises StoreError (one sentence) when the file is not a writable whyprobe database."""
+    p = Path(path)
+    if not p.is_file():
+        raise StoreError(f"No such database: {p}")
+    if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
+        raise StoreError(f"{p} is read-only; findings not stored (use --no-store to silence this)")
+    try:
+        conn = sqlite3.connect(p)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot open {p} for writing: {exc}") from None
+    try:
+        producer = None
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_info'").fetchone():
+            row = conn.execute("SELECT value FROM schema_info WHERE key = 'producer'").fetchone()
+            producer = row[0] if row else None
+        if producer != "whyprobe":
+            raise StoreError(f"{p} is not a whyprobe database (e.g. an Ingero file); findings not stored")
+        from whyprobe.store import schema
+
+        schema.create(conn)
+        now = time.time_ns()
+        window = doc["window"]
+        rows = [
+            (f["id"], now, window["start_ns"], window["end_ns"], f["kind"], f["severity"], f.get("source", ""), f.get("op", ""),
+             int(f.get("pid", 0)), int(f.get("tid", 0)), int(f.get("lost_ns", 0)), f.get("summary", ""), json.dumps(f, sort_keys=True))
+            for f in doc["findings"]
+        ]
+        with conn:
+            conn.executemany(
+                "INSERT INTO findings(finding_key, created_at, window_start, window_end, kind, severity, source, op, pid, tid, lost_ns, summary, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return len(rows)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot store findings in {p}: {exc}") from None
+    finally:
+        conn.close()
+

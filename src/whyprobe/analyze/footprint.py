@@ -1,0 +1,263 @@
+"""What each MCP tool call did on the host: the server's process tree inside the call's window.
+
+The window runs from the server reading the request to it writing the response
+(the wire capture's own timestamps, `tool_calls.started_at/ended_at`). Inside
+it, for the server and every descendant (fork events and `process_names`):
+
+* syscalls: every one that *started* in the window, counted and timed (the
+  footprint family emits each syscall the syscalls family does not), top
+  syscalls by count in `summary`;
+* files opened (open/openat/openat2 that succeeded; failures listed apart),
+  endpoints connected (connect), children exec'd (argv), libraries mapped
+  for the first time by that process (file mmaps), block I/O bytes, CUDA calls;
+* CPU: on-CPU time from sched_switch — a thread is on CPU between switching
+  in (switch-out ts + off-CPU duration) and its next switch-out, and, before
+  its first / after its last switch, only as far as its own events prove it
+  ran. sys = the part of that on-CPU time spent inside syscalls (syscall
+  interval ∩ on-CPU), user = the rest. Exact to the scheduler's clock, not
+  sampled; page faults and interrupts count as user.
+
+Overlapping calls on one server cannot be told apart without per-thread
+request handling evidence, so each gets the whole tree's activity in its
+window and `attribution = 'shared'`; a call alone in its window is
+`'exclusive'`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from whyprobe.record.events import Source
+
+HOST_SCHED_SWITCH, HOST_EXEC, HOST_FORK = 1, 5, 7
+NR_READ_OPEN = (2, 257, 437)
+NR_CONNECT = 42
+NR_MMAP = 9
+NR_EXECVE = (59, 322)
+TOP_SYSCALLS = 8
+
+
+@dataclass
+class Footprint:
+    call_id: int
+    tool_name: str
+    server_pid: int
+    started_at: int
+    ended_at: int
+    is_error: bool
+    attribution: str = "exclusive"
+    cpu_user_ns: int = 0
+    cpu_sys_ns: int = 0
+    syscalls: int = 0
+    syscall_ns: int = 0
+    files: list[str] = field(default_factory=list)
+    endpoints: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)
+    block_bytes: int = 0
+    cuda_calls: int = 0
+    top_syscalls: dict[str, list[int]] = field(default_factory=dict)  # name -> [count, ns]
+    files_failed: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    event_ids: list[int] = field(default_factory=list)
+
+    @property
+    def duration(self) -> int:
+        return max(self.ended_at - self.started_at, 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"top_syscalls": self.top_syscalls, "files_failed": self.files_failed, "pids": self.pids}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id, "tool_name": self.tool_name, "server_pid": self.server_pid,
+            "started_at": self.started_at, "ended_at": self.ended_at, "duration_ns": self.duration,
+            "is_error": self.is_error, "attribution": self.attribution,
+            "cpu_user_ns": self.cpu_user_ns, "cpu_sys_ns": self.cpu_sys_ns,
+            "syscalls": self.syscalls, "syscall_ns": self.syscall_ns, "top_syscalls": self.top_syscalls,
+            "files": self.files, "files_failed": self.files_failed, "endpoints": self.endpoints,
+            "children": self.children, "libraries": self.libraries, "block_bytes": self.block_bytes,
+            "cuda_calls": self.cuda_calls, "pids": self.pids,
+        }
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+def _tree(conn: sqlite3.Connection, root: int) -> set[int]:
+    """root and its descendants, from fork events and process_names parents."""
+    children: dict[int, set[int]] = {}
+    for parent, child in conn.execute(
+        f"SELECT pid, arg0 FROM events WHERE source = {int(Source.HOST)} AND op = {HOST_FORK}"
+    ):
+        children.setdefault(parent, set()).add(child)
+    for pid, ppid in conn.execute("SELECT pid, ppid FROM process_names WHERE ppid != 0"):
+        children.setdefault(ppid, set()).add(pid)
+    out, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo += children.get(p, ())
+    return out
+
+
+def _on_cpu(switches: Sequence[tuple[int, int]], first: int, last: int) -> list[tuple[int, int]]:
+    """On-CPU intervals of one thread from its sched_switch (switch-out ts, off-CPU ns), bounded
+    before the first switch-out by `first` and after the last switch-in by `last` (its own events)."""
+    if not switches:
+        return [(first, last)] if last > first else []
+    out = []
+    start = min(first, switches[0][0])
+    for ts, off in switches:
+        if ts > start:
+            out.append((start, ts))
+        start = ts + off
+    if last > start:
+        out.append((start, last))
+    return out
+
+
+def _switches_around(conn: sqlite3.Connection, tid: int, a: int, b: int, inside: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The thread's switches overlapping [a, b], plus the one before (when it last switched in) and
+    the first after (when it next switched out), so a thread running across an edge counts."""
+    sched = f"source = {int(Source.HOST)} AND op = {HOST_SCHED_SWITCH} AND tid = ?"
+    before = conn.execute(f"SELECT timestamp, duration FROM events WHERE {sched} AND timestamp + duration < ? ORDER BY timestamp DESC LIMIT 1", (tid, a)).fetchone()
+    after = conn.execute(f"SELECT timestamp, duration FROM events WHERE {sched} AND timestamp > ? ORDER BY timestamp LIMIT 1", (tid, b)).fetchone()
+    return ([tuple(before)] if before else []) + inside + ([tuple(after)] if after else [])
+
+
+def _inside(intervals: list[tuple[int, int]], a: int, b: int) -> int:
+    return sum(_overlap(a, b, s, e) for s, e in intervals)
+
+
+def _syscall_name(nr: int) -> str:
+    try:
+        from whyprobe.probes.syscalls_x86_64 import syscall_name
+
+        return syscall_name(nr)
+    except ImportError:
+        return f"syscall_{nr}"
+
+
+def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, set[str]]) -> Footprint:
+    """Fill `call` from the events of its server's tree inside its window."""
+    pids = _tree(conn, call.server_pid) if call.server_pid else set()
+    call.pids = sorted(pids)
+    if not pids:
+        return call
+    a, b = call.started_at, call.ended_at
+    marks = ",".join("?" * len(pids))
+    rows = conn.execute(
+        f"SELECT id, timestamp, pid, tid, source, op, duration, arg0, ret_code, detail FROM events "
+        f"WHERE pid IN ({marks}) AND timestamp <= ? AND timestamp + duration >= ? ORDER BY timestamp",
+        (*pids, b, a),
+    ).fetchall()
+    switches: dict[int, list[tuple[int, int]]] = {}
+    syscalls: dict[int, list[tuple[int, int]]] = {}
+    bounds: dict[int, list[int]] = {}
+    counts: Counter[int] = Counter()
+    times: Counter[int] = Counter()
+    execs: list[str] = []  # argv from the proc family's exec events
+    execve_paths: list[str] = []  # the syscall's path, when there is no proc family
+    for eid, ts, pid, tid, source, op, dur, arg0, ret, detail in rows:
+        if source == Source.HOST and op == HOST_SCHED_SWITCH:
+            switches.setdefault(tid, []).append((ts, dur))
+            continue
+        bound = bounds.setdefault(tid, [ts, ts + dur])
+        bound[0], bound[1] = min(bound[0], ts), max(bound[1], ts + dur)
+        if not a <= ts <= b:
+            continue
+        call.event_ids.append(eid)
+        if source == Source.SYSCALL:
+            syscalls.setdefault(tid, []).append((ts, ts + dur))
+            counts[op] += 1
+            times[op] += dur
+            if op in NR_READ_OPEN and detail:
+                (call.files if ret >= 0 else call.files_failed).append(detail)
+            elif op == NR_CONNECT and detail:
+                call.endpoints.append(detail)
+            elif op == NR_MMAP and detail and ret >= 0 and detail not in seen_libs.setdefault(pid, set()):
+                seen_libs[pid].add(detail)
+                call.libraries.append(detail)
+            elif op in NR_EXECVE and detail and ret >= 0:
+                execve_paths.append(detail)
+        elif source == Source.HOST and op == HOST_EXEC and detail:
+            execs.append(detail)
+        elif source == Source.IO:
+            call.block_bytes += int(arg0)
+        elif source in (Source.CUDA, Source.DRIVER):
+            call.cuda_calls += 1
+    call.children = execs or list(dict.fromkeys(execve_paths))
+    for tid in set(switches) | set(bounds):
+        first, last = bounds.get(tid, (b, a))
+        oncpu = _on_cpu(_switches_around(conn, tid, a, b, switches.get(tid, [])), first, last)
+        total = _inside(oncpu, a, b)
+        sys_ns = sum(_inside(oncpu, max(s, a), min(e, b)) for s, e in syscalls.get(tid, []) if e > a and s < b)
+        call.cpu_sys_ns += min(sys_ns, total)
+        call.cpu_user_ns += total - min(sys_ns, total)
+    call.syscalls = sum(counts.values())
+    call.syscall_ns = sum(times.values())
+    call.top_syscalls = {_syscall_name(nr): [n, int(times[nr])] for nr, n in counts.most_common(TOP_SYSCALLS)}
+    call.files = list(dict.fromkeys(call.files))
+    call.files_failed = list(dict.fromkeys(call.files_failed))
+    call.endpoints = list(dict.fromkeys(call.endpoints))
+    return call
+
+
+def _mark_shared(calls: list[Footprint]) -> None:
+    by_server: dict[int, list[Footprint]] = {}
+    for c in calls:
+        by_server.setdefault(c.server_pid, []).append(c)
+    for group in by_server.values():
+        group.sort(key=lambda c: c.started_at)
+        end = None
+        prev: Footprint | None = None
+        for c in group:
+            if end is not None and c.started_at < end:
+                c.attribution = "shared"
+                if prev is not None:
+                    prev.attribution = "shared"
+            if end is None or c.ended_at > end:
+                end, prev = c.ended_at, c
+
+
+def analyze(conn: sqlite3.Connection, call_ids: Iterable[int] | None = None) -> list[Footprint]:
+    """Footprints of the given tool_calls rows (all when None), in start order."""
+    sql = "SELECT id, tool_name, server_pid, started_at, ended_at, is_error FROM tool_calls"
+    ids = list(call_ids) if call_ids is not None else None
+    rows = conn.execute(sql + " ORDER BY started_at").fetchall()
+    calls = [Footprint(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows if ids is None or r[0] in set(ids)]
+    seen_libs: dict[int, set[str]] = {}
+    for pid, detail in conn.execute(
+        f"SELECT pid, detail FROM events WHERE source = {int(Source.SYSCALL)} AND op = {NR_MMAP} AND detail IS NOT NULL "
+        "AND timestamp < COALESCE((SELECT MIN(started_at) FROM tool_calls), 0)"
+    ):
+        seen_libs.setdefault(pid, set()).add(detail)
+    for c in calls:
+        footprint(conn, c, seen_libs)
+    _mark_shared(calls)
+    return calls
+
+
+def store(conn: sqlite3.Connection, calls: Sequence[Footprint]) -> None:
+    """Write the footprint columns of tool_calls and the tool_call_events links."""
+    with conn:
+        conn.executemany(
+            "UPDATE tool_calls SET attribution = ?, cpu_user_ns = ?, cpu_sys_ns = ?, syscalls = ?, syscall_ns = ?, files = ?, "
+            "endpoints = ?, children = ?, libraries = ?, block_bytes = ?, cuda_calls = ?, summary = ? WHERE id = ?",
+            [
+                (c.attribution, c.cpu_user_ns, c.cpu_sys_ns, c.syscalls, c.syscall_ns, json.dumps(c.files), json.dumps(c.endpoints),
+                 json.dumps(c.children), json.dumps(c.libraries), c.block_bytes, c.cuda_calls, json.dumps(c.summary()), c.call_id)
+                for c in calls
+            ],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO tool_call_events(call_id, event_id) VALUES (?, ?)",
+            [(c.call_id, e) for c in calls for e in c.event_ids],
+        )

@@ -1,0 +1,53 @@
+"""`whyprobe trace --stack` end to end: a CUDA call made from work.py line N is stored with that Python frame."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from whyprobe.commands import main
+
+pytestmark = pytest.mark.usefixtures("bpf_required")
+
+CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
+
+WORK = textwrap.dedent(
+    f"""
+    import ctypes, time
+    lib = ctypes.CDLL("{CUDART}")
+    time.sleep(0.6)  # let the tracer find this interpreter first
+
+    def step(n):
+        p = ctypes.c_void_p()
+        return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))
+
+    for i in range(5):
+        step(4096)
+    time.sleep(0.3)  # code objects are read from the live process (see README, known limits)
+    """
+)
+CALL_LINE = WORK.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))") + 1
+
+
+def test_cuda_call_stack_names_the_python_line(tmp_path: Path, capsys) -> None:
+    work = tmp_path / "work.py"
+    work.write_text(WORK)
+    out = tmp_path / "t.db"
+    rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(CUDART), "--out", str(out), "--quiet",
+               "--cmd", "--", sys.executable, str(work)])
+    assert rc == 0, capsys.readouterr().err
+    con = sqlite3.connect(out)
+    rows = con.execute(
+        "SELECT e.ret_code, s.frames FROM events e JOIN stack_traces s ON s.hash = e.stack_hash "
+        "WHERE e.source = 1 AND e.op = 1"
+    ).fetchall()
+    assert len(rows) == 5 and {r[0] for r in rows} == {35}
+    frames = json.loads(rows[-1][1])
+    py = [f for f in frames if f.get("py")]
+    assert py[0]["f"].endswith("work.py") and py[0]["l"] == CALL_LINE and py[0]["s"].endswith("step")
+    assert any(f.get("s") == "cudaMalloc" for f in frames if not f.get("py"))
