@@ -134,7 +134,8 @@ def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: 
             slow = slow[calls["pid"][slow] == only_pid]
         for tid in np.unique(calls["tid"][slow]).tolist():
             mine = slow[calls["tid"][slow] == tid]
-            worst = mine[np.argsort(-calls["duration"][mine], kind="stable")[:3]]
+            # Slowest first, ties by time: the same trace in any row order gives the same answer.
+            worst = mine[np.lexsort((calls["timestamp"][mine], -calls["duration"][mine]))[:3]]
             is_copy = (source, op) in cudaops.MEMCPY
             groups.append({
                 "source": ctx.source(source), "op": name, "tid": int(tid), "pid": int(calls["pid"][mine[0]]),

@@ -1,6 +1,10 @@
-"""`whyprobe config` (not built yet)."""
+"""`whyprobe config`: print a commented example config, or check a config file."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -9,6 +13,22 @@ from whyprobe.errors import CommandError
 
 def register(app: typer.Typer) -> None:
     @app.command("config")
-    def _cmd() -> None:
-        """Not built yet."""
-        raise CommandError("config is not built yet")
+    def _cmd(
+        example: bool = typer.Option(False, "--example", help="Print the default config as commented YAML."),
+        check: Optional[Path] = typer.Option(None, "--check", metavar="FILE", help="Validate FILE and report the first problem."),
+    ) -> None:
+        """Print an example config (--example) or validate one (--check FILE).
+
+        \b
+          whyprobe config --example > whyprobe.yaml
+          whyprobe config --check whyprobe.yaml
+        """
+        from whyprobe.config import example_yaml, load_config
+
+        if example == (check is not None):
+            raise CommandError("give exactly one of --example or --check FILE", exit_code=2)
+        if example:
+            sys.stdout.write(example_yaml())
+            return
+        load_config(check)
+        print(f"{check}: OK")
