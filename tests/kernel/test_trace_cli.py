@@ -67,7 +67,7 @@ def test_ring_overflow_is_printed(bpf_required, tmp_path, capsys):
         (["--pid", "999999"], "whyprobe: No such process: 999999 (check the pid with `ps -p 999999`)"),
         (["--lib", "/nope", "--pid", "1"], "whyprobe: No such library: /nope"),
         (["--probes", "cuda,bogus", "--pid", "1"], "whyprobe: Unknown probe family 'bogus': valid ones are "),
-        (["--duration", "soon", "--pid", "1"], "whyprobe: Invalid duration: 'soon' (use e.g. 30s, 5m, 1h, 500ms)"),
+        (["--duration", "soon", "--pid", "1"], "whyprobe: Invalid --duration 'soon': expected a duration like 30s, 250ms, 5m or 1h"),
         (["--cmd"], "whyprobe: --cmd needs a command after `--`: whyprobe trace --cmd -- python train.py"),
     ],
 )

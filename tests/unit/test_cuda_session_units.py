@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from whyprobe.commands.trace import parse_duration, parse_size
+from whyprobe.commands.trace import _ring_bytes, _seconds
 from whyprobe.errors import CommandError, ConfigError
 from whyprobe.probes import available, families
 from whyprobe.record.events import EVENT_DTYPE, Source
@@ -17,19 +17,12 @@ from whyprobe.record.session import LatencyStats, OpStat, Snapshot, as_int64, fn
 from whyprobe.ui.live import fmt_ns, render_snapshot
 
 
-@pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h", 3600), ("500ms", 0.5), ("2", 2), ("1.5s", 1.5)])
-def test_durations(text, seconds):
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text, size", [("64MiB", 64 << 20), ("64KiB", 64 << 10), ("4096", 4096), ("1G", 1 << 30), ("16mb", 16 << 20)])
-def test_sizes(text, size):
-    assert parse_size(text) == size
-
-
-def test_bad_size_says_how():
-    with pytest.raises(CommandError, match=r"^Invalid size: '64 parsecs' \(use e.g. 64MiB, 512KiB, 4096\)$"):
-        parse_size("64 parsecs")
+def test_trace_units_errors_say_how():
+    with pytest.raises(CommandError, match=r"^Invalid --ring '64 parsecs': expected a size"):
+        _ring_bytes("64 parsecs")
+    with pytest.raises(CommandError, match=r"^Invalid --ring '1k': at least 4KiB$"):
+        _ring_bytes("1k")
+    assert _ring_bytes("64MiB") == 64 << 20 and _seconds("1.5s") == 1.5
 
 
 def _records(durations, source=Source.CUDA, op=1, ret=0):

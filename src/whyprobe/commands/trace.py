@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -13,24 +12,30 @@ import typer
 from whyprobe.errors import CommandError
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
-_DURATION_UNITS = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "": 1}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+DEFAULT_RING = 16 << 20
 # Effective capabilities that allow tracing without root: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 
 
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", text.lower())
-    if not m:
-        raise CommandError(f"Invalid duration: {text!r} (use e.g. 30s, 5m, 1h, 500ms)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+def _seconds(text: str) -> float:
+    from whyprobe.units import UnitError, parse_duration_ns
+
+    try:
+        return parse_duration_ns(text) / 1e9
+    except UnitError as exc:
+        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
 
 
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?i?b?)\s*", text.lower())
-    if not m or m.group(2) not in _SIZE_UNITS:
-        raise CommandError(f"Invalid size: {text!r} (use e.g. 64MiB, 512KiB, 4096)")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+def _ring_bytes(text: str) -> int:
+    from whyprobe.units import UnitError, parse_size
+
+    try:
+        size = parse_size(text)
+    except UnitError as exc:
+        raise CommandError(f"Invalid --ring {text!r}: {exc}") from None
+    if size < 4096:
+        raise CommandError(f"Invalid --ring {text!r}: at least 4KiB")
+    return size
 
 
 def _can_trace() -> bool:
@@ -151,7 +156,7 @@ def register(app: typer.Typer) -> None:
         probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: str = typer.Option("16MiB", "--ring", help="Event ring buffer size."),
+        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -168,8 +173,11 @@ def register(app: typer.Typer) -> None:
           whyprobe explain t.db
         """
         args = list(args or [])
-        seconds = parse_duration(duration) if duration else None
-        ring_bytes = parse_size(ring)
+        seconds = _seconds(duration) if duration else None
+        cfg = _load_config(config)
+        ring_bytes = _ring_bytes(ring) if ring else (cfg.storage.ring_size if cfg else DEFAULT_RING)
+        if cfg and not probes:
+            probes = ",".join(cfg.probes.families + (["custom"] if cfg.probes.uprobes or cfg.probes.tracepoints else []))
         if cmd and not args:
             raise CommandError("--cmd needs a command after `--`: whyprobe trace --cmd -- python train.py")
         if args and not cmd:
@@ -217,24 +225,26 @@ def register(app: typer.Typer) -> None:
             quiet=quiet,
             json_out=json_out,
             force=force,
-            config=config,
+            cfg=cfg,
             metrics=metrics,
             explain=explain,
             warnings=warnings,
         )
 
 
-def _apply_config(path: Path, options) -> None:
-    """Storage limits from the YAML config (the config module validates and says what is wrong)."""
-    try:
-        from whyprobe.config import load_config
-    except ImportError:
-        raise CommandError("--config is not supported by this build (whyprobe.config is missing)") from None
-    storage = getattr(load_config(path), "storage", None)
-    if storage is not None:
-        options.max_events_per_sec = int(getattr(storage, "max_events_per_second", 0) or 0)
-        options.max_db_mb = float(getattr(storage, "max_db_mb", 0) or 0)
-        options.retention_hours = float(getattr(storage, "retention_hours", 0) or 0)
+def _load_config(path: Optional[Path]):
+    """The validated YAML config, or None; a bad file fails here, before any work."""
+    if path is None:
+        return None
+    from whyprobe.config import load_config
+
+    return load_config(path)
+
+
+def _apply_config(cfg, options) -> None:
+    options.max_events_per_sec = int(cfg.storage.max_events_per_second or 0)
+    options.max_db_mb = float(cfg.storage.max_db_mb or 0)
+    options.retention_hours = float(cfg.storage.retention_hours or 0)
 
 
 def _observers(options, metrics: Optional[str], explain: bool):
@@ -289,7 +299,7 @@ def _run(
     quiet: bool,
     json_out: bool,
     force: bool,
-    config: Optional[Path],
+    cfg,
     metrics: Optional[str],
     explain: bool,
     warnings: list[str],
@@ -309,10 +319,11 @@ def _run(
 
     stderr = Console(stderr=True)
     options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
-    if config:
-        _apply_config(config, options)
+    if cfg:
+        _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
-    fams = registry.families(names, cuda={"libraries": cuda_libs})
+    custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
+    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
     if force:
         _remove_db(out)
     child = hold = None
@@ -333,11 +344,25 @@ def _run(
     if hold is not None:
         os.write(hold, b"go\n")
         os.close(hold)
-    if exporter is not None:
-        exporter.serve(metrics)
+    stop_metrics = exporter.serve(metrics) if exporter is not None else None
     deadline = time.monotonic() + seconds if seconds else None
+    reported: set[str] = set()
+    next_explain = time.monotonic() + 1.0
+
+    def observe() -> None:
+        nonlocal next_explain
+        if exporter is not None:
+            drops = session.snapshot().drops
+            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0))
+        if explainer is not None and time.monotonic() >= next_explain and not json_out:
+            next_explain = time.monotonic() + 1.0
+            for f in explainer.findings():
+                if f["id"] not in reported:
+                    reported.add(f["id"])
+                    stderr.print(f"[bold]finding[/bold] ({f['severity']}): {f['summary']}", highlight=False)
 
     def finished() -> bool:
+        observe()
         if deadline is not None and time.monotonic() >= deadline:
             return True
         if child is not None:
@@ -370,8 +395,8 @@ def _run(
                 child.kill()
                 child.wait()
         child_status = child.returncode
-    if exporter is not None and hasattr(exporter, "close"):
-        exporter.close()
+    if stop_metrics is not None:
+        stop_metrics()
 
     if json_out:
         doc = summary.to_json()
@@ -380,6 +405,12 @@ def _run(
             doc["findings"] = explainer.findings()
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
+    if cfg is not None and cfg.storage.backend == "duckdb":
+        from whyprobe.export.duckdb_backend import to_duckdb
+
+        to_duckdb(out, out.with_suffix(".duckdb"))
+        if not json_out:
+            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: duckdb)")
     line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
@@ -390,5 +421,6 @@ def _run(
         print(f"Command exited with status {child_status}")
     if explainer is not None:
         for f in explainer.findings():
-            print(f"finding: {f.get('title', f) if isinstance(f, dict) else f}")
+            if f["id"] not in reported:
+                print(f"finding ({f['severity']}): {f['summary']}")
     print(f"Next: whyprobe stats {out}\n      whyprobe explain {out}")
