@@ -8,19 +8,20 @@ BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
 CLANG   ?= clang
 STRIP   ?= llvm-strip
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BPF_DIR)
+FASTSQL := src/whyprobe/store/_fastsql.so
 
-.PHONY: setup deps venv bpf demo test test-unit bench clean
+.PHONY: setup deps venv bpf native demo test test-unit bench clean
 
-setup: deps venv bpf
+setup: deps venv bpf native
 
 # System packages: clang/llvm build the BPF objects, libbpf is loaded at run time.
 deps: .stamp-deps
 .stamp-deps:
 	@if command -v $(CLANG) >/dev/null && command -v $(STRIP) >/dev/null && command -v bpftool >/dev/null \
 	    && [ -f /usr/include/bpf/bpf_helpers.h ] && ldconfig -p | grep -q 'libbpf.so.1' \
-	    && command -v sqlite3 >/dev/null && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
+	    && command -v sqlite3 >/dev/null && [ -f /usr/include/sqlite3.h ] && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    clang llvm libbpf-dev bpftool sqlite3 git gcc make iproute2 chromium ; fi
+	    clang llvm libbpf-dev bpftool sqlite3 libsqlite3-dev git gcc make iproute2 chromium ; fi
 	@touch $@
 
 venv: $(VENV)/.stamp
@@ -35,6 +36,11 @@ $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(wildcard $(BPF_DIR)/*.h) | deps
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 	$(STRIP) -g $@
 
+# Bulk int64 rows in and out of SQLite without a Python object per value (store/fastsql.py).
+native: $(FASTSQL)
+$(FASTSQL): src/whyprobe/store/fastsql.c | deps
+	gcc -O2 -shared -fPIC -Wall -Werror -o $@ $< -lsqlite3
+
 demo: setup
 	$(VENV)/bin/whyprobe demo
 
@@ -48,5 +54,5 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
 
 clean:
-	rm -f $(BPF_OBJ) .stamp-deps
+	rm -f $(BPF_OBJ) $(FASTSQL) .stamp-deps
 	rm -rf $(VENV)

@@ -88,26 +88,32 @@ def _stack(db: TraceDB, stack_hash: int) -> list[str]:
 
 
 _CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
-_SCHED_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg1", "arg2", "aux", "ret_code", "flags", "cpu")
-_HOST_COLS = ("timestamp", "pid", "tid", "source", "op", "duration")
+_EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "flags", "cpu", "stack_hash")
+_HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
 
 
 def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
     """The events explain needs (unordered): calls, plus the evidence of the threads and
-    processes that make them. Evidence starts up to the longest duration before the window,
-    so intervals reaching into it count. `+source` keeps SQLite on a plain scan: these
-    queries read most of the table, where index lookups plus a sort cost several times more."""
-    margin = _scalar(db, "SELECT MAX(duration) FROM events") or 0
-    span, args = ("", ()) if whole else (" AND timestamp >= ? AND timestamp < ?", (start - margin, end))
-    marks = ", ".join("?" * len(TAIL_SOURCES))
-    calls = db.load_columns(_CALL_COLS, f"+source IN ({marks}){span}", (*TAIL_SOURCES, *args), ordered=False)
+    processes that make them, read in ONE scan of the table (most of it is needed, and a
+    scan is several times cheaper than index lookups plus a sort; `+source` keeps SQLite
+    on it). Evidence starts up to the longest duration before the window, so intervals
+    reaching into it count."""
+    if whole:
+        span, args = "", ()
+    else:
+        margin = _scalar(db, "SELECT MAX(duration) FROM events") or 0
+        span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
+    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *_HOST_SOURCES)
+    marks = ", ".join("?" * len(sources))
+    rows = db.load_columns(_EVIDENCE_COLS, f"+source IN ({marks}){span}", (*sources, *args), ordered=False)
+    is_call = np.isin(rows["source"], TAIL_SOURCES)
+    calls = rows[is_call]
     tids, pids = np.unique(calls["tid"]), np.unique(calls["pid"])
-    sched = db.load_columns(_SCHED_COLS, f"+source = ? AND op = ?{span}", (*SCHED_SWITCH, *args), ordered=False)
-    host_sources = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
-    host = db.load_columns(_HOST_COLS, f"+source IN (?, ?, ?, ?){span}", (*host_sources, *args), ordered=False)
+    sched = rows[(rows["source"] == SCHED_SWITCH[0]) & (rows["op"] == SCHED_SWITCH[1]) & np.isin(rows["tid"], tids)]
+    host = rows[np.isin(rows["source"], _HOST_SOURCES)]
     by_pid = np.isin(host["source"], (int(Source.IO), int(Source.TCP)))
     host = host[np.where(by_pid, np.isin(host["pid"], pids), np.isin(host["tid"], tids))]
-    return np.concatenate((calls, sched[np.isin(sched["tid"], tids)], host))
+    return np.concatenate((calls, sched, host))
 
 
 def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:

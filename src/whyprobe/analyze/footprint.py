@@ -177,7 +177,7 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
         if source == Source.SYSCALL:
             syscalls.setdefault(tid, []).append((ts, ts + dur))
             counts[op] += 1
-            times[op] += dur
+            times[op] += min(ts + dur, b) - ts  # a read still blocked at the response belongs to the next call
             if op in NR_READ_OPEN and detail:
                 (call.files if ret >= 0 else call.files_failed).append(detail)
             elif op == NR_CONNECT and detail:

@@ -1,14 +1,276 @@
-"""`whyprobe spy` (not built yet)."""
+"""`whyprobe spy`: watch the JSON-RPC that MCP clients and servers exchange on this host.
+
+No proxy, no change to either side: the wire family reads the bytes of
+enrolled processes' pipes, sockets and OpenSSL calls in the kernel. Targets:
+`--pid` (and their children), `--cmd -- ARGS` (launch and watch the tree), or
+by default every process whose traffic starts like JSON-RPC or HTTP.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
 
 from whyprobe.errors import CommandError
 
 
+@dataclass
+class Capture:
+    """What `capture()` did: the session summary and the launched command's exit status."""
+
+    summary: Any
+    command_status: Optional[int]
+    pids: list[int]
+
+
+def check_targets(pid: list[int], cmd: bool, args: list[str], name: str) -> None:
+    """The --pid / --cmd checks `trace` makes, in this command's words."""
+    from whyprobe.commands.trace import _can_trace, _check_pids
+
+    if cmd and not args:
+        raise CommandError(f"--cmd needs a command after `--`: whyprobe {name} --cmd -- python client.py")
+    if args and not cmd:
+        raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
+    if pid and cmd:
+        raise CommandError("Choose one of --pid or --cmd")
+    if not _can_trace():
+        raise CommandError(f"whyprobe {name} needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
+    _check_pids(pid)
+
+
+MAX_CAPTURE = 4 << 20  # the kernel copies at most 1024 chunks of 4 KiB per call (bpf/wire.bpf.c)
+
+
+def duration_s(text: Optional[str]) -> Optional[float]:
+    from whyprobe.units import UnitError, parse_duration_ns
+
+    if text is None:
+        return None
+    try:
+        return parse_duration_ns(text) / 1e9
+    except UnitError as exc:
+        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
+
+
+def message_cap(text: str) -> int:
+    from whyprobe.units import UnitError, parse_size
+
+    try:
+        cap = parse_size(text)
+    except UnitError as exc:
+        raise CommandError(f"Invalid --max-message {text!r}: {exc}") from None
+    if not 0 < cap <= MAX_CAPTURE:
+        raise CommandError(f"Invalid --max-message {text!r}: between 1 byte and 4MiB (what the kernel copies per call)")
+    return cap
+
+
+def payload_ring_bytes(cap: int) -> int:
+    """Room for a whole message at both ends (writer and reader) twice over, between two drains."""
+    return 1 << max(22, (4 * cap - 1).bit_length())
+
+
+def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds: Optional[float], *, until_idle: bool, cap: int) -> Capture:
+    """Trace `pids` (or the launched `cmd`) with `families` into `out` until the command exits,
+    every target is gone (until_idle), `seconds` pass, or Ctrl-C/SIGTERM."""
+    import signal
+    import threading
+    import time
+
+    from whyprobe.commands.trace import _alive, _start_held
+    from whyprobe.errors import WhyprobeError
+    from whyprobe.probes.base import TargetSpec
+    from whyprobe.record.session import TraceOptions, TraceSession
+
+    import shlex
+
+    options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
+    child = hold = None
+    if cmd:
+        child, hold = _start_held(cmd)
+        pids = [child.pid]
+    session = TraceSession(out, families, TargetSpec(pids=list(pids)), options)
+    for fam in families:
+        if hasattr(fam, "bind"):
+            fam.bind(lambda: session.writer)
+    try:
+        session.start()
+    except WhyprobeError as exc:
+        if child is not None:
+            os.close(hold)  # the held child reads EOF and exits without running the command
+            child.wait()
+        raise CommandError(f"Cannot start tracing: {exc}") from None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hold is not None:
+        os.write(hold, b"go\n")
+        os.close(hold)
+    deadline = time.monotonic() + seconds if seconds else None
+
+    def finished() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if child is not None:
+            return child.poll() is not None
+        return until_idle and not any(_alive(p) for p in session.pids)
+
+    try:
+        session.run(finished, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        summary = session.stop()
+    status = None
+    if child is not None:
+        if child.poll() is None:  # the capture ended first (duration, Ctrl-C): don't leave it behind
+            child.terminate()
+            try:
+                child.wait(10)
+            except Exception:
+                child.kill()
+                child.wait()
+        status = child.returncode
+    return Capture(summary, status, session.pids)
+
+
+def scratch_db() -> Path:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="whyprobe-spy-", suffix=".db")
+    os.close(fd)
+    os.unlink(path)
+    return Path(path)
+
+
+def remove_db(path: Path) -> None:
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+
+
+def tool_flags(snapshots: list) -> list[dict]:
+    """Tools whose description or schema text matches a prompt-injection pattern, with evidence."""
+    return [
+        {"server": s.server, "tool_name": s.tool_name, "flags": [f.to_dict() for f in s.flags]}
+        for s in snapshots if s.flags
+    ]
+
+
+def report_tools(console, drifts: list, flagged: list[dict]) -> None:
+    for d in drifts:
+        console.print(f"[bold yellow]drift[/bold yellow] {d.server} tool {d.tool_name}: {d.change} changed", highlight=False)
+        if d.before is not None:
+            console.print(f"  before: {d.before[:300]!r}", highlight=False)
+        if d.after is not None:
+            console.print(f"  after:  {d.after[:300]!r}", highlight=False)
+    for t in flagged:
+        for f in t["flags"]:
+            console.print(
+                f"[bold red]suspicious[/bold red] {t['server']} tool {t['tool_name']}: {f['rule']} ({f['severity']}): {f['evidence']!r}",
+                highlight=False,
+            )
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("spy")
-    def _cmd() -> None:
-        """Not built yet."""
-        raise CommandError("spy is not built yet")
+    @app.command("spy", context_settings={"allow_interspersed_args": False})
+    def spy(
+        pid: List[int] = typer.Option([], "--pid", help="Watch this process and its children (repeatable)."),
+        cmd: bool = typer.Option(False, "--cmd", help="Launch the command after `--` and watch its process tree."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also record messages into this database (mcp_messages)."),
+        jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="Write one JSON object per message to this file."),
+        max_message: str = typer.Option("1MiB", "--max-message", help="Bytes captured per read/write call; beyond: marked truncated."),
+        duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m)."),
+        baseline: Optional[Path] = typer.Option(None, "--baseline", help="Report tool description drift against this database's snapshots."),
+        pairs: bool = typer.Option(False, "--pairs", help="One line per request/response pair instead of per message."),
+        no_tls: bool = typer.Option(False, "--no-tls", help="Don't probe OpenSSL (TLS plaintext)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-message lines."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit instead of the console view."),
+        force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (default: append to it)."),
+        args: List[str] = typer.Argument(None, help="The command to launch (after --cmd --)."),
+    ) -> None:
+        """Watch MCP JSON-RPC traffic (stdio, unix sockets, HTTP, TLS) with no proxy.
+
+        \b
+          sudo whyprobe spy                                  # every MCP-looking process
+          sudo whyprobe spy --pid $(pgrep -f mcp-server-git) --jsonl mcp.jsonl
+          sudo whyprobe spy --out mcp.db --cmd -- python agent.py
+        """
+        from whyprobe.commands.trace import _check_out
+
+        args = list(args or [])
+        seconds = duration_s(duration)
+        cap = message_cap(max_message)
+        check_targets(pid, cmd, args, "spy")
+        if baseline is not None and not baseline.is_file():
+            raise CommandError(f"No such baseline database: {baseline}")
+        if out is not None:
+            if force:
+                _check_out(out, True)
+                remove_db(out)
+            elif out.exists():
+                _check_out(out, True)  # directory / permission checks; an existing trace is appended to
+        if jsonl is not None and (jsonl.is_dir() or not (jsonl.parent if str(jsonl.parent) else Path(".")).is_dir()):
+            raise CommandError(f"Cannot write JSONL: {jsonl} (no such directory or it is a directory)")
+        _spy(out, jsonl, cap, seconds, baseline, pairs, not no_tls, quiet, json_out, list(pid), args)
+
+
+def _spy(out, jsonl, cap, seconds, baseline, pairs, tls, quiet, json_out, pids, args) -> None:
+    import orjson
+    from rich.console import Console
+
+    from whyprobe.probes.host import ProcFamily
+    from whyprobe.record.wire import WireRecorder, existing_state
+    from whyprobe.reporters.spy import SpyReporter
+
+    console = Console(file=sys.stdout, highlight=False)
+    id_base, call_base, previous = existing_state(out) if out is not None else (0, 0, [])
+    if baseline is not None:
+        previous = existing_state(baseline)[2]
+    view = None if (quiet or json_out) else SpyReporter(console, pairs=pairs)
+    stream = open(jsonl, "w") if jsonl is not None else None
+    auto = not pids and not args
+    recorder = WireRecorder(
+        max_message_bytes=cap, sniff=auto, tls=tls, store=out is not None, jsonl=stream,
+        on_message=view.render if view else None, previous_snapshots=previous,
+        id_base=id_base, call_base=call_base, ignore_pids={os.getpid()},
+    )
+    db = out if out is not None else scratch_db()
+    try:
+        result = capture(db, [ProcFamily(), recorder], pids, args, seconds, until_idle=not auto, cap=cap)
+    finally:
+        if stream is not None:
+            stream.close()
+        if out is None:
+            remove_db(db)
+    if view is not None:
+        view.finish()
+    stats = recorder.pipeline.stats
+    flagged = tool_flags(recorder.snapshots)
+    if json_out:
+        doc = {
+            "messages": stats.messages, "tool_calls": len(recorder.calls), "truncated": stats.truncated,
+            "lost_bytes": stats.lost_bytes, "unpaired_responses": stats.unpaired_responses, "by_kind": stats.by_kind,
+            "drift": [d.to_dict() for d in recorder.drifts], "flagged_tools": flagged,
+            "sessions": [{"transport": s.transport, "protocol_version": s.protocol_version, "server": s.server_name,
+                          "client_pid": s.client_pid, "server_pid": s.server_pid} for s in recorder.pipeline.sessions],
+            "tls_libraries": recorder.family.tls_libraries, "out": str(out) if out else None,
+            "jsonl": str(jsonl) if jsonl else None, "command_exit_status": result.command_status,
+            "dropped": result.summary.dropped,
+        }
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        return
+    err = Console(stderr=True, highlight=False)
+    report_tools(err, recorder.drifts, flagged)
+    line = f"{stats.messages:,} MCP messages, {len(recorder.calls):,} tool calls"
+    if stats.truncated:
+        line += f", {stats.truncated:,} truncated (raise --max-message)"
+    if result.summary.dropped:
+        line += f", {result.summary.dropped:,} events dropped"
+    err.print(line)
+    if out is not None:
+        err.print(f"Wrote {out}")
+    if jsonl is not None:
+        err.print(f"Wrote {jsonl}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.errors import StoreError
+from whyprobe.store import fastsql
 
 # Columns every loaded event array has, whatever the file's flavor.
 EVENT_COLUMNS = np.dtype(
@@ -75,10 +76,11 @@ class TraceDB:
             else:
                 cols.append(_DEFAULTS.get(name, "0"))
         sql = f"SELECT {', '.join(cols)} FROM events" + (f" WHERE {where}" if where else "") + " ORDER BY timestamp"
-        rows = self.conn.execute(sql, params).fetchall()
-        if not rows:
-            return np.zeros(0, EVENT_COLUMNS)
-        return np.array(rows, dtype=np.int64).view(EVENT_COLUMNS).reshape(-1)
+        data = fastsql.select_i64(self.conn, sql, params, len(cols))
+        if data is None:
+            rows = self.conn.execute(sql, params).fetchall()
+            data = np.array(rows, dtype=np.int64).reshape(len(rows), len(cols))
+        return np.ascontiguousarray(data).view(EVENT_COLUMNS).reshape(-1)
 
     def load_columns(self, columns: tuple[str, ...], where: str = "", params: tuple = (), ordered: bool = True) -> np.ndarray:
         """Like load_events, but fetches only `columns` (the rest keep neutral defaults): fewer
@@ -88,13 +90,14 @@ class TraceDB:
         wanted = [c for c in columns if c in have or c == "id"]
         exprs = ["rowid" if c == "id" else f"COALESCE({c}, {_DEFAULTS.get(c, '0')})" for c in wanted]
         sql = f"SELECT {', '.join(exprs)} FROM events" + (f" WHERE {where}" if where else "") + (" ORDER BY timestamp" if ordered else "")
-        rows = self.conn.execute(sql, params).fetchall()
-        out = np.zeros(len(rows), EVENT_COLUMNS)
-        out["cpu"] = -1
-        if rows:
+        data = fastsql.select_i64(self.conn, sql, params, len(wanted))
+        if data is None:
+            rows = self.conn.execute(sql, params).fetchall()
             data = np.array(rows, dtype=np.int64).reshape(len(rows), len(wanted))
-            for i, name in enumerate(wanted):
-                out[name] = data[:, i]
+        out = np.zeros(len(data), EVENT_COLUMNS)
+        out["cpu"] = -1
+        for i, name in enumerate(wanted):
+            out[name] = data[:, i]
         return out
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from whyprobe import __version__
 from whyprobe.errors import StoreError
-from whyprobe.store import schema
+from whyprobe.store import fastsql, schema
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ _PRUNE_CHUNK = 50_000
 _BATCH_ITEMS = 64  # queue items folded into one transaction
 # Secondary indexes on events take ~4x the insert time when maintained row by
 # row (random B-tree inserts); a fresh file gets them built once, at close.
-_DEFERRED_INDEXES = ("idx_events_source_op", "idx_events_tid_ts", "idx_events_pid")
+_DEFERRED_INDEXES = ("idx_events_timestamp", "idx_events_source_op", "idx_events_tid_ts", "idx_events_pid")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 AGGREGATE_UPSERT = """
@@ -436,10 +436,12 @@ class Writer:
             kind = item[0]
             if kind == "events":
                 rows, details = item[1], item[2]
-                values = rows.view(np.int64).reshape(-1, len(ROW_COLUMNS)).tolist()
+                matrix = rows.view(np.int64).reshape(-1, len(ROW_COLUMNS))
                 if details is None:
-                    conn.executemany(self._insert_event, values)
+                    if not fastsql.insert_i64(conn, self._insert_event, matrix):
+                        conn.executemany(self._insert_event, matrix.tolist())
                 else:
+                    values = matrix.tolist()
                     for v, d in zip(values, details):
                         v.append(d)
                     conn.executemany(self._insert_event_detail, values)

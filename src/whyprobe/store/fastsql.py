@@ -1,0 +1,105 @@
+"""Bulk int64 rows into and out of SQLite through a small C helper (fastsql.c, built by make).
+
+It runs on the sqlite3 handle of the caller's own sqlite3.Connection, so it
+takes part in that connection's transaction and read-only mode. The handle is
+found in the Connection object (CPython keeps `sqlite3 *db` first after the
+object header, 3.8-3.13) and verified by asking SQLite for the handle's file
+name; any doubt, or no compiled helper, and callers use plain executemany /
+fetchall instead.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from whyprobe.errors import StoreError
+
+_SO = Path(__file__).with_name("_fastsql.so")
+
+
+def _load():
+    if not _SO.exists():
+        return None
+    try:
+        lib = ct.CDLL(str(_SO))
+    except OSError:
+        return None
+    i64p = ct.POINTER(ct.c_int64)
+    lib.wp_db_filename.restype = ct.c_char_p
+    lib.wp_db_filename.argtypes = [ct.c_void_p]
+    lib.wp_insert_i64.restype = ct.c_int
+    lib.wp_insert_i64.argtypes = [ct.c_void_p, ct.c_char_p, i64p, ct.c_int64, ct.c_int, ct.c_char_p, ct.c_int]
+    lib.wp_select_i64.restype = ct.c_int
+    lib.wp_select_i64.argtypes = [ct.c_void_p, ct.c_char_p, i64p, ct.c_int, ct.c_int, ct.POINTER(i64p), i64p, ct.c_char_p, ct.c_int]
+    lib.wp_free.argtypes = [ct.c_void_p]
+    return lib
+
+
+_lib = _load()
+
+
+def _main_file(conn: sqlite3.Connection) -> str:
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or ""
+    return ""
+
+
+def _handle(conn: sqlite3.Connection) -> int | None:
+    """The sqlite3* of `conn`, or None when it cannot be found with certainty."""
+    if _lib is None or sys.implementation.name != "cpython":
+        return None
+    cached = getattr(conn, "_wp_handle", None) if hasattr(conn, "__dict__") else None
+    if cached:
+        return cached
+    ptr = ct.c_void_p.from_address(id(conn) + object.__basicsize__).value
+    if not ptr:
+        return None
+    expected = _main_file(conn)
+    got = (_lib.wp_db_filename(ptr) or b"").decode(errors="replace")
+    if not expected or got != expected:
+        return None
+    return ptr
+
+
+def available(conn: sqlite3.Connection) -> bool:
+    return _handle(conn) is not None
+
+
+def insert_i64(conn: sqlite3.Connection, sql: str, rows: np.ndarray) -> bool:
+    """Insert a 2-D int64 array with `sql`; False (nothing done) if the fast path is unavailable."""
+    db = _handle(conn)
+    if db is None:
+        return False
+    data = np.ascontiguousarray(rows, dtype=np.int64)
+    err = ct.create_string_buffer(256)
+    rc = _lib.wp_insert_i64(db, sql.encode(), data.ctypes.data_as(ct.POINTER(ct.c_int64)), data.shape[0], data.shape[1], err, len(err))
+    if rc:
+        raise StoreError(f"Cannot write events: {err.value.decode(errors='replace')} (SQLite error {rc})")
+    return True
+
+
+def select_i64(conn: sqlite3.Connection, sql: str, params: Sequence[int], ncols: int) -> np.ndarray | None:
+    """Rows of an all-integer SELECT as an (n, ncols) int64 array; None if the fast path is unavailable."""
+    db = _handle(conn)
+    if db is None or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in params):
+        return None
+    prm = (ct.c_int64 * max(len(params), 1))(*[int(p) for p in params])
+    out = ct.POINTER(ct.c_int64)()
+    n = ct.c_int64()
+    err = ct.create_string_buffer(256)
+    rc = _lib.wp_select_i64(db, sql.encode(), prm, len(params), ncols, ct.byref(out), ct.byref(n), err, len(err))
+    if rc:
+        raise sqlite3.OperationalError(err.value.decode(errors="replace"))
+    try:
+        if n.value == 0:
+            return np.zeros((0, ncols), np.int64)
+        return np.ctypeslib.as_array(out, shape=(n.value, ncols)).copy()
+    finally:
+        _lib.wp_free(out)

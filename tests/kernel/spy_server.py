@@ -1,0 +1,45 @@
+"""An MCP server (SDK `MCPServer`) for the spy/footprint tests: stdio, or `http PORT [CERT KEY]`.
+
+SPY_DESCRIBE, when set, replaces the `add` tool's description (drift and injection tests).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("spy-test-server", version="1.0.0", log_level="CRITICAL")
+
+
+@server.tool(description=os.environ.get("SPY_DESCRIBE") or "Add two integers.")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@server.tool()
+def size(blob: str) -> int:
+    """Length of the text (large arguments)."""
+    return len(blob)
+
+
+@server.tool()
+def read_file(path: str) -> str:
+    """Read a file (footprint: the open shows up)."""
+    with open(path) as f:
+        return f.read()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "http":
+        port = int(sys.argv[2])
+        if len(sys.argv) > 4:
+            import uvicorn
+
+            app = server.streamable_http_app()
+            uvicorn.run(app, host="127.0.0.1", port=port, ssl_certfile=sys.argv[3], ssl_keyfile=sys.argv[4], log_level="critical")
+        else:
+            server.run("streamable-http", host="127.0.0.1", port=port)
+    else:
+        server.run()
