@@ -20,7 +20,7 @@ enum wp_source {
 	WP_SRC_TCP = 6,     /* TCP retransmits */
 	WP_SRC_NET = 7,     /* socket send/recv syscalls */
 	WP_SRC_SYSCALL = 8, /* individual syscalls; op = x86_64 syscall number */
-	WP_SRC_CUSTOM = 9,  /* user-configured uprobes; op = index in the config */
+	WP_SRC_CUSTOM = 9,  /* config probes: op = uprobe index, 1000 + tracepoint index */
 };
 
 /* Flags on struct wp_event. */

@@ -89,7 +89,7 @@ bpf_program__autoload = _fn("bpf_program__autoload", ct.c_bool, _vp)
 bpf_program__set_expected_attach_type = _fn("bpf_program__set_expected_attach_type", _int, _vp, _int)
 bpf_program__fd = _fn("bpf_program__fd", _int, _vp)
 bpf_program__attach = _fn("bpf_program__attach", _vp, _vp)
-bpf_program__attach_tracepoint = _fn("bpf_program__attach_tracepoint", _vp, _vp, _cp, _cp)
+bpf_program__attach_tracepoint_opts = _fn("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, _vp)
 bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", _vp, _vp, _cp)
 bpf_program__attach_uprobe_opts = _fn("bpf_program__attach_uprobe_opts", _vp, _vp, _int, _cp, _sz, _vp)
 bpf_map__name = _fn("bpf_map__name", _cp, _vp)
@@ -122,6 +122,10 @@ class _UprobeOpts(ct.Structure):
         ("retprobe", ct.c_bool),
         ("func_name", _cp),
     ]
+
+
+class _TracepointOpts(ct.Structure):
+    _fields_ = [("sz", _sz), ("bpf_cookie", ct.c_uint64)]
 
 
 class _BtfType(ct.Structure):
@@ -422,8 +426,10 @@ class BpfObject:
         ptr = _check_ptr(bpf_program__attach(self._prog(prog)), "attach", prog)
         return self._keep(Link(prog, ptr=ptr))
 
-    def attach_tracepoint(self, prog: str, category: str, event: str) -> Link:
-        ptr = bpf_program__attach_tracepoint(self._prog(prog), category.encode(), event.encode())
+    def attach_tracepoint(self, prog: str, category: str, event: str, *, cookie: int = 0) -> Link:
+        """`cookie` is what bpf_get_attach_cookie() returns in the program (one program, many tracepoints)."""
+        opts = _TracepointOpts(sz=ct.sizeof(_TracepointOpts), bpf_cookie=cookie)
+        ptr = bpf_program__attach_tracepoint_opts(self._prog(prog), category.encode(), event.encode(), ct.byref(opts))
         return self._keep(Link(prog, ptr=_check_ptr(ptr, "attach tracepoint", f"{category}:{event}")))
 
     def attach_raw_tracepoint(self, prog: str, event: str) -> Link:

@@ -22,6 +22,8 @@ REGISTRY = {
     "proc": "whyprobe.probes.host",
     "stacks": "whyprobe.probes.stacks",
     "wire": "whyprobe.probes.wire",
+    "custom": "whyprobe.probes.custom",
+    "footprint": "whyprobe.probes.footprint",
 }
 
 

@@ -75,7 +75,7 @@ def cuda_processes() -> dict[int, list[str]]:
 
 
 @lru_cache(maxsize=1)
-def _ldconfig_cache() -> tuple[tuple[str, str], ...]:
+def ldconfig_cache() -> tuple[tuple[str, str], ...]:
     """(soname, path) pairs of `ldconfig -p`, x86-64 entries."""
     exe = shutil.which("ldconfig") or "/sbin/ldconfig"
     try:
@@ -146,7 +146,7 @@ def find_cuda_libraries(*, pids: list[int] = (), include_installed: bool = True)
     if not include_installed:
         return list(hits.values()), searched
     searched.append("ldconfig -p")
-    for soname, path in _ldconfig_cache():
+    for soname, path in ldconfig_cache():
         if CUDA_LIB_RE.match(soname):
             _add(hits, path, "ldconfig")
     dirs = [(d, "LD_LIBRARY_PATH") for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
@@ -241,7 +241,7 @@ def resolve_for_command(argv: list[str], env: dict[str, str] | None = None) -> t
         for p in _cuda_in_dir(d):
             _add(hits, p, via)
     searched.append("ldconfig -p")
-    for soname, path in _ldconfig_cache():
+    for soname, path in ldconfig_cache():
         if CUDA_LIB_RE.match(soname):
             _add(hits, path, "ldconfig")
     for d in DEFAULT_DIRS + CUDA_DIRS:

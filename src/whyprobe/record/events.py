@@ -99,7 +99,7 @@ SOURCE_DESCRIPTIONS = {
     Source.TCP: "TCP - tcp_retransmit_skb",
     Source.NET: "Socket send/recv syscalls",
     Source.SYSCALL: "Individual syscalls of traced processes (op = x86_64 syscall number)",
-    Source.CUSTOM: "User-configured uprobes (op = index in the config's probes.uprobes)",
+    Source.CUSTOM: "User-configured probes (op = index in probes.uprobes; 1000 + index in probes.tracepoints)",
 }
 
 
