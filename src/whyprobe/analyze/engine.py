@@ -126,7 +126,9 @@ def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], b
         key = _col(rows, "pid" if by_pid else "tid")
         end = _col(rows, "timestamp") + _col(rows, "duration")
         layers.append(Layer(kind, key, _col(rows, "timestamp"), end, _col(rows, "tid"), _col(rows, "pid"), _unknown(len(rows)), by_pid))
-    layers.append(Layer("off_cpu", offcpu.tid[off], offcpu.start[off], offcpu.end[off], offcpu.waker_tid[off], offcpu.waker_pid[off], offcpu.cpu[off]))
+    # The waker of a blocked thread ran wherever it ran: no CPU, so no cpuset advice for it.
+    layers.append(Layer("off_cpu", offcpu.tid[off], offcpu.start[off], offcpu.end[off], offcpu.waker_tid[off], offcpu.waker_pid[off],
+                        np.full(int(off.sum()), -1, np.int64)))
     cov = [(t, s, e) for t, (s, e) in offcpu.coverage().items()]
     pids = {int(t): int(p) for t, p in zip(offcpu.tid.tolist(), offcpu.pid.tolist())}
     cov = [(t, s, e) for t, s, e in cov if on_cpu_ok(pids[t])]
