@@ -106,14 +106,16 @@ def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
     sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *_HOST_SOURCES)
     marks = ", ".join("?" * len(sources))
     rows = db.load_columns(_EVIDENCE_COLS, f"+source IN ({marks}){span}", (*sources, *args), ordered=False)
-    is_call = np.isin(rows["source"], TAIL_SOURCES)
-    calls = rows[is_call]
-    tids, pids = np.unique(calls["tid"]), np.unique(calls["pid"])
-    sched = rows[(rows["source"] == SCHED_SWITCH[0]) & (rows["op"] == SCHED_SWITCH[1]) & np.isin(rows["tid"], tids)]
-    host = rows[np.isin(rows["source"], _HOST_SOURCES)]
-    by_pid = np.isin(host["source"], (int(Source.IO), int(Source.TCP)))
-    host = host[np.where(by_pid, np.isin(host["pid"], pids), np.isin(host["tid"], tids))]
-    return np.concatenate((calls, sched, host))
+    # One mask, one copy: masking the wide record array per kind costs more than the analysis.
+    source, tid = rows["source"], rows["tid"]
+    is_call = np.isin(source, TAIL_SOURCES)
+    tids, pids = np.unique(tid[is_call]), np.unique(rows["pid"][is_call])
+    mine = np.isin(tid, tids)
+    sched = (source == SCHED_SWITCH[0]) & (rows["op"] == SCHED_SWITCH[1]) & mine
+    by_pid = (source == int(Source.IO)) | (source == int(Source.TCP))
+    by_tid = (source == int(Source.NET)) | (source == int(Source.SYSCALL))
+    host = (by_pid & np.isin(rows["pid"], pids)) | (by_tid & mine)
+    return rows[is_call | sched | host]
 
 
 def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
