@@ -22,6 +22,8 @@ deps: .stamp-deps
 	    && command -v sqlite3 >/dev/null && [ -f /usr/include/sqlite3.h ] && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    clang llvm libbpf-dev bpftool sqlite3 libsqlite3-dev git gcc make iproute2 chromium ; fi
+	@# The image may ship NodeSource's nodejs (which bundles npm and conflicts with Debian's npm).
+	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 	@touch $@
 
 venv: $(VENV)/.stamp
@@ -44,8 +46,13 @@ $(FASTSQL): src/whyprobe/store/fastsql.c | deps
 demo: setup
 	$(VENV)/bin/whyprobe demo
 
-test: setup
+test: setup tests/node/node_modules/.stamp
 	$(VENV)/bin/python -m pytest -q -rs
+
+# npm MCP servers for the kernel tests (tests/kernel/test_spy_npm.py), pinned by the lock file.
+tests/node/node_modules/.stamp: tests/node/package.json tests/node/package-lock.json | deps
+	npm ci --no-audit --no-fund --prefix tests/node
+	@touch $@
 
 test-unit: setup
 	$(VENV)/bin/python -m pytest -q tests/unit

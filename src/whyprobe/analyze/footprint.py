@@ -17,10 +17,14 @@ it, for the server and every descendant (fork events and `process_names`):
   interval ∩ on-CPU), user = the rest. Exact to the scheduler's clock, not
   sampled; page faults and interrupts count as user.
 
-Overlapping calls on one server cannot be told apart without per-thread
-request handling evidence, so each gets the whole tree's activity in its
-window and `attribution = 'shared'`; a call alone in its window is
-`'exclusive'`.
+A call alone on its server in its window is `'exclusive'`. Overlapping calls
+are told apart by thread where the server's threads allow it: when every call
+of an overlapping cluster has a known handler thread (the server thread that
+wrote its response) and no two share one (a thread-per-request server), each
+call gets only its handler thread's events and the processes that thread
+forked in the window: `'thread'`. Otherwise (an event loop or a writer thread
+answering every call) each gets the whole tree's activity in its window:
+`'shared'`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from whyprobe.record.events import Source
 
@@ -62,6 +66,7 @@ class Footprint:
     cuda_calls: int = 0
     top_syscalls: dict[str, list[int]] = field(default_factory=dict)  # name -> [count, ns]
     files_failed: list[str] = field(default_factory=list)
+    handler_tid: int = 0  # the server thread that wrote the response (0: unknown)
     pids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
 
@@ -70,7 +75,8 @@ class Footprint:
         return max(self.ended_at - self.started_at, 0)
 
     def summary(self) -> dict[str, Any]:
-        return {"top_syscalls": self.top_syscalls, "files_failed": self.files_failed, "pids": self.pids}
+        return {"top_syscalls": self.top_syscalls, "files_failed": self.files_failed, "pids": self.pids,
+                "handler_tid": self.handler_tid}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +87,7 @@ class Footprint:
             "syscalls": self.syscalls, "syscall_ns": self.syscall_ns, "top_syscalls": self.top_syscalls,
             "files": self.files, "files_failed": self.files_failed, "endpoints": self.endpoints,
             "children": self.children, "libraries": self.libraries, "block_bytes": self.block_bytes,
-            "cuda_calls": self.cuda_calls, "pids": self.pids,
+            "cuda_calls": self.cuda_calls, "pids": self.pids, "handler_tid": self.handler_tid,
         }
 
 
@@ -145,18 +151,34 @@ def _syscall_name(nr: int) -> str:
         return f"syscall_{nr}"
 
 
+def _thread_scope(conn: sqlite3.Connection, call: Footprint) -> tuple[str, tuple, set[int]]:
+    """SQL condition, its parameters and the pids of a 'thread' call: its handler thread and the
+    trees of the processes that thread forked in the window."""
+    forked = [r[0] for r in conn.execute(
+        f"SELECT arg0 FROM events WHERE source = {int(Source.HOST)} AND op = {HOST_FORK} AND pid = ? AND tid = ? "
+        "AND timestamp BETWEEN ? AND ?", (call.server_pid, call.handler_tid, call.started_at, call.ended_at))]
+    children = set().union(*(_tree(conn, c) for c in forked)) if forked else set()
+    marks = ",".join("?" * len(children))
+    cond = "(pid = ? AND tid = ?)" + (f" OR pid IN ({marks})" if children else "")
+    return f"({cond})", (call.server_pid, call.handler_tid, *children), {call.server_pid, *children}
+
+
 def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, set[str]]) -> Footprint:
-    """Fill `call` from the events of its server's tree inside its window."""
-    pids = _tree(conn, call.server_pid) if call.server_pid else set()
-    call.pids = sorted(pids)
-    if not pids:
+    """Fill `call` from the events of its server's tree (its handler thread's share, for
+    attribution 'thread') inside its window."""
+    if not call.server_pid:
         return call
+    if call.attribution == "thread":
+        scope, params, pids = _thread_scope(conn, call)
+    else:
+        pids = _tree(conn, call.server_pid)
+        scope, params = f"pid IN ({','.join('?' * len(pids))})", tuple(pids)
+    call.pids = sorted(pids)
     a, b = call.started_at, call.ended_at
-    marks = ",".join("?" * len(pids))
     rows = conn.execute(
         f"SELECT id, timestamp, pid, tid, source, op, duration, arg0, ret_code, detail FROM events "
-        f"WHERE pid IN ({marks}) AND timestamp <= ? AND timestamp + duration >= ? ORDER BY timestamp",
-        (*pids, b, a),
+        f"WHERE {scope} AND timestamp <= ? AND timestamp + duration >= ? ORDER BY timestamp",
+        (*params, b, a),
     ).fetchall()
     switches: dict[int, list[tuple[int, int]]] = {}
     syscalls: dict[int, list[tuple[int, int]]] = {}
@@ -210,29 +232,47 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
     return call
 
 
-def _mark_shared(calls: list[Footprint]) -> None:
+def _clusters(calls: list[Footprint]) -> list[list[Footprint]]:
+    """Calls of one server grouped by overlapping windows, in start order."""
     by_server: dict[int, list[Footprint]] = {}
     for c in calls:
         by_server.setdefault(c.server_pid, []).append(c)
+    out: list[list[Footprint]] = []
     for group in by_server.values():
         group.sort(key=lambda c: c.started_at)
         end = None
-        prev: Footprint | None = None
         for c in group:
-            if end is not None and c.started_at < end:
-                c.attribution = "shared"
-                if prev is not None:
-                    prev.attribution = "shared"
-            if end is None or c.ended_at > end:
-                end, prev = c.ended_at, c
+            if end is None or c.started_at >= end:
+                out.append([])
+                end = c.ended_at
+            out[-1].append(c)
+            end = max(end, c.ended_at)
+    return out
 
 
-def analyze(conn: sqlite3.Connection, call_ids: Iterable[int] | None = None) -> list[Footprint]:
-    """Footprints of the given tool_calls rows (all when None), in start order."""
+def mark_attribution(calls: list[Footprint]) -> None:
+    """exclusive | thread | shared for each call (see the module docstring)."""
+    for cluster in _clusters(calls):
+        if len(cluster) == 1:
+            continue
+        tids = [c.handler_tid for c in cluster]
+        by_thread = all(tids) and len(set(tids)) == len(tids)
+        for c in cluster:
+            c.attribution = "thread" if by_thread else "shared"
+
+
+def analyze(conn: sqlite3.Connection, call_ids: Iterable[int] | None = None,
+            handler_tids: Mapping[int, int] | None = None) -> list[Footprint]:
+    """Footprints of the given tool_calls rows (all when None), in start order. handler_tids:
+    tool_calls.id -> the server thread that wrote the response (from the wire capture); calls
+    without one are never attributed per thread."""
     sql = "SELECT id, tool_name, server_pid, started_at, ended_at, is_error FROM tool_calls"
     ids = list(call_ids) if call_ids is not None else None
     rows = conn.execute(sql + " ORDER BY started_at").fetchall()
-    calls = [Footprint(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows if ids is None or r[0] in set(ids)]
+    tids = handler_tids or {}
+    calls = [Footprint(r[0], r[1], r[2], r[3], r[4], bool(r[5]), handler_tid=tids.get(r[0], 0))
+             for r in rows if ids is None or r[0] in set(ids)]
+    mark_attribution(calls)
     seen_libs: dict[int, set[str]] = {}
     for pid, detail in conn.execute(
         f"SELECT pid, detail FROM events WHERE source = {int(Source.SYSCALL)} AND op = {NR_MMAP} AND detail IS NOT NULL "
@@ -241,7 +281,6 @@ def analyze(conn: sqlite3.Connection, call_ids: Iterable[int] | None = None) -> 
         seen_libs.setdefault(pid, set()).add(detail)
     for c in calls:
         footprint(conn, c, seen_libs)
-    _mark_shared(calls)
     return calls
 
 

@@ -37,6 +37,7 @@ struct io_args {
 	__u32 pad2;
 	__u64 ssl;     /* SSL* for TLS */
 	__u64 written; /* size_t* of SSL_*_ex */
+	__u64 ts_ns;   /* SSL calls: entry time */
 };
 
 struct {
@@ -53,6 +54,78 @@ struct {
 	__type(key, __u64);
 	__type(value, struct io_args);
 } ssl_inflight SEC(".maps");
+
+/* tid -> SSL_do_handshake in flight (ssl, ts_ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct io_args);
+} handshakes SEC(".maps");
+
+/* TLS streams are named by their TCP connection, so both ends agree on the name and user space
+ * reports each message once: every SSL* is bound to the socket it speaks over (ssl_conns).
+ *
+ * - Memory BIO (Python's ssl.SSLObject under asyncio/anyio: httpx, uvicorn): the process reads
+ *   ciphertext from the socket, then hands those exact bytes to BIO_write on the SSL*'s read BIO.
+ *   The first CIPHER_HEAD bytes of every TCP read are remembered (cipher_seen); BIO_write on a
+ *   BIO that SSL_set_bio gave an SSL* looks them up: an exact binding, whatever the event loop
+ *   ran in between.
+ * - Socket BIO (blocking ssl sockets): the socket read happens inside SSL_do_handshake/SSL_read
+ *   on the same thread: the thread's TCP read newer than the call's entry is the socket.
+ * - Otherwise (a BIO of the application's own, like node's): the thread's last TCP read before
+ *   the call, the one that delivered the bytes when the application feeds OpenSSL synchronously.
+ * Every server and client reads (the handshake) before it sends application data, so the binding
+ * exists before the first message. SSL_free forgets it (addresses are reused). */
+#define CIPHER_HEAD 32
+
+struct ssl_key {
+	__u64 ptr; /* SSL* or BIO* */
+	__u32 tgid;
+	__u32 pad;
+};
+
+struct cipher_key {
+	__u32 tgid;
+	__u32 pad;
+	__u8 head[CIPHER_HEAD];
+};
+
+struct tcp_read {
+	__u64 conn;
+	__u64 ts_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ssl_key);
+	__type(value, __u64);
+} ssl_conns SEC(".maps");
+
+/* read BIO -> SSL* (SSL_set_bio). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ssl_key);
+	__type(value, __u64);
+} bio_ssl SEC(".maps");
+
+/* (tgid, first bytes of a TCP read) -> TCP connection id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct cipher_key);
+	__type(value, __u64);
+} cipher_seen SEC(".maps");
+
+/* tid -> the thread's last TCP read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct tcp_read);
+} last_tcp_read SEC(".maps");
 
 struct chunk_ctx {
 	struct wp_payload hdr;
@@ -225,6 +298,44 @@ static __always_inline void capture(struct io_args *a, __u64 id, __s64 ret, __u6
 	bpf_loop(MAX_CHUNKS, chunk_cb, &c, 0);
 }
 
+static __always_inline void note_tcp_read(struct io_args *a, __u64 id, __s64 ret, __u64 conn)
+{
+	struct tcp_read r = {.conn = conn, .ts_ns = bpf_ktime_get_ns()};
+	struct cipher_key k = {.tgid = id >> 32};
+	__u32 tid = (__u32)id;
+	__u64 buf = a->buf;
+
+	bpf_map_update_elem(&last_tcp_read, &tid, &r, BPF_ANY);
+	if (ret < CIPHER_HEAD)
+		return;
+	if (a->iovcnt) {
+		struct iovec v;
+
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)a->buf) || v.iov_len < CIPHER_HEAD)
+			return;
+		buf = (__u64)v.iov_base;
+	}
+	if (!bpf_probe_read_user(k.head, sizeof(k.head), (void *)buf))
+		bpf_map_update_elem(&cipher_seen, &k, &conn, BPF_ANY);
+}
+
+/* The binding the thread's reads prove for an SSL* that has none: one made inside the call
+ * (socket BIO), else, when `fallback`, the last one before it. */
+static __always_inline __u64 *bind_by_thread(struct ssl_key *k, __u64 id, __u64 entry_ns, bool fallback)
+{
+	__u32 tid = (__u32)id;
+	struct tcp_read *r;
+	__u64 *tcp = bpf_map_lookup_elem(&ssl_conns, k);
+
+	if (tcp)
+		return tcp;
+	r = bpf_map_lookup_elem(&last_tcp_read, &tid);
+	if (!r || (!fallback && r->ts_ns < entry_ns))
+		return NULL;
+	bpf_map_update_elem(&ssl_conns, k, &r->conn, BPF_ANY);
+	return bpf_map_lookup_elem(&ssl_conns, k);
+}
+
 static __always_inline int io_exit(__s64 ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -241,6 +352,8 @@ static __always_inline int io_exit(__s64 ret)
 	conn = fd_conn(a->fd, &transport);
 	if (!conn)
 		goto out;
+	if (transport == WP_PL_TCP && a->kind == WP_PL_READ)
+		note_tcp_read(a, id, ret, conn);
 	if (!wp_traced(tgid)) {
 		__u8 one = 1;
 
@@ -341,6 +454,7 @@ static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 written, __u16 
 	a.written = written;
 	a.fd = -1;
 	a.kind = kind;
+	a.ts_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&ssl_inflight, &id, &a, BPF_ANY);
 	return 0;
 }
@@ -361,8 +475,16 @@ static __always_inline int ssl_exit(__s64 ret)
 		else
 			ret = 0;
 	}
-	if (ret > 0)
-		capture(a, id, ret, a->ssl, WP_PL_TLS);
+	if (ret > 0) {
+		struct ssl_key k = {.ptr = a->ssl, .tgid = id >> 32};
+		__u64 *tcp = bind_by_thread(&k, id, a->ts_ns, a->kind == WP_PL_SSL_READ);
+
+		/* WP_PL_TLS|WP_PL_TCP: conn is the TCP connection id; WP_PL_TLS alone: the SSL*. */
+		if (tcp)
+			capture(a, id, ret, *tcp, WP_PL_TLS | WP_PL_TCP);
+		else
+			capture(a, id, ret, a->ssl, WP_PL_TLS);
+	}
 	bpf_map_delete_elem(&ssl_inflight, &id);
 	return 0;
 }
@@ -395,4 +517,80 @@ SEC("uretprobe")
 int BPF_KRETPROBE(handle_ssl_ret, int ret)
 {
 	return ssl_exit(ret);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(handle_ssl_handshake, void *ssl)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct io_args a = {};
+
+	if (!wp_traced(id >> 32))
+		return 0;
+	a.ssl = (__u64)ssl;
+	a.ts_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&handshakes, &id, &a, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(handle_ssl_handshake_ret, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct io_args *a = bpf_map_lookup_elem(&handshakes, &id);
+
+	if (!a)
+		return 0;
+	if (ret == 1) {
+		struct ssl_key k = {.ptr = a->ssl, .tgid = id >> 32};
+
+		bind_by_thread(&k, id, a->ts_ns, true);
+	}
+	bpf_map_delete_elem(&handshakes, &id);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(handle_ssl_set_bio, void *ssl, void *rbio, void *wbio)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ssl_key k = {.ptr = (__u64)rbio, .tgid = id >> 32};
+	__u64 p = (__u64)ssl;
+
+	if (!rbio || !wp_traced(id >> 32))
+		return 0;
+	bpf_map_update_elem(&bio_ssl, &k, &p, BPF_ANY);
+	return 0;
+}
+
+/* Ciphertext going into an SSL*'s read BIO: the TCP read it came from names the connection. */
+SEC("uprobe")
+int BPF_KPROBE(handle_bio_write, void *bio, const void *data, int dlen)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ssl_key bk = {.ptr = (__u64)bio, .tgid = id >> 32};
+	struct cipher_key ck = {.tgid = id >> 32};
+	__u64 *ssl, *tcp;
+
+	if (dlen < CIPHER_HEAD)
+		return 0;
+	ssl = bpf_map_lookup_elem(&bio_ssl, &bk);
+	if (!ssl || bpf_probe_read_user(ck.head, sizeof(ck.head), data))
+		return 0;
+	tcp = bpf_map_lookup_elem(&cipher_seen, &ck);
+	if (tcp) {
+		struct ssl_key k = {.ptr = *ssl, .tgid = id >> 32};
+
+		bpf_map_update_elem(&ssl_conns, &k, tcp, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(handle_ssl_free, void *ssl)
+{
+	struct ssl_key k = {.ptr = (__u64)ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
+
+	bpf_map_delete_elem(&ssl_conns, &k);
+	return 0;
 }

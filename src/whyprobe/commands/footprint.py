@@ -20,6 +20,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
+from whyprobe.record.targets import check_out
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +44,6 @@ def register(app: typer.Typer) -> None:
           whyprobe query footprint.db "SELECT tool_name, duration, files FROM tool_calls"
         """
         from whyprobe.commands.spy import check_targets, duration_s, message_cap
-        from whyprobe.commands.trace import _check_out
 
         args = list(args or [])
         if not pid and not args:
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         seconds = duration_s(duration)
         cap = message_cap(max_message)
         check_targets(pid, cmd, args, "footprint")
-        _check_out(out, force)
+        check_out(out, force)
         _footprint(out, list(pid), args, seconds, cap, not no_tls, json_out, force)
 
 
@@ -80,7 +80,7 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
     ids = [cid for cid, _ in recorder.calls]
     conn = sqlite3.connect(str(out))
     try:
-        calls = fp.analyze(conn, ids)
+        calls = fp.analyze(conn, ids, {cid: c.handler_tid for cid, c in recorder.calls})
         fp.store(conn, calls)
     finally:
         conn.close()

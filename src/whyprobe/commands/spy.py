@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 import typer
 
 from whyprobe.errors import CommandError
+from whyprobe.record.targets import alive, can_trace, check_out, check_pids, start_held
 
 
 @dataclass
@@ -30,17 +31,15 @@ class Capture:
 
 def check_targets(pid: list[int], cmd: bool, args: list[str], name: str) -> None:
     """The --pid / --cmd checks `trace` makes, in this command's words."""
-    from whyprobe.commands.trace import _can_trace, _check_pids
-
     if cmd and not args:
         raise CommandError(f"--cmd needs a command after `--`: whyprobe {name} --cmd -- python client.py")
     if args and not cmd:
         raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
     if pid and cmd:
         raise CommandError("Choose one of --pid or --cmd")
-    if not _can_trace():
+    if not can_trace():
         raise CommandError(f"whyprobe {name} needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
-    _check_pids(pid)
+    check_pids(pid)
 
 
 MAX_CAPTURE = 4 << 20  # the kernel copies at most 1024 chunks of 4 KiB per call (bpf/wire.bpf.c)
@@ -81,7 +80,6 @@ def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds:
     import threading
     import time
 
-    from whyprobe.commands.trace import _alive, _start_held
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.record.session import TraceOptions, TraceSession
@@ -91,7 +89,7 @@ def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds:
     options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
     child = hold = None
     if cmd:
-        child, hold = _start_held(cmd)
+        child, hold = start_held(cmd)
         pids = [child.pid]
     session = TraceSession(out, families, TargetSpec(pids=list(pids)), options)
     for fam in families:
@@ -116,7 +114,7 @@ def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds:
             return True
         if child is not None:
             return child.poll() is not None
-        return until_idle and not any(_alive(p) for p in session.pids)
+        return until_idle and not any(alive(p) for p in session.pids)
 
     try:
         session.run(finished, stop)
@@ -198,8 +196,6 @@ def register(app: typer.Typer) -> None:
           sudo whyprobe spy --pid $(pgrep -f mcp-server-git) --jsonl mcp.jsonl
           sudo whyprobe spy --out mcp.db --cmd -- python agent.py
         """
-        from whyprobe.commands.trace import _check_out
-
         args = list(args or [])
         seconds = duration_s(duration)
         cap = message_cap(max_message)
@@ -208,10 +204,10 @@ def register(app: typer.Typer) -> None:
             raise CommandError(f"No such baseline database: {baseline}")
         if out is not None:
             if force:
-                _check_out(out, True)
+                check_out(out, True)
                 remove_db(out)
             elif out.exists():
-                _check_out(out, True)  # directory / permission checks; an existing trace is appended to
+                check_out(out, True)  # directory / permission checks; an existing trace is appended to
         if jsonl is not None and (jsonl.is_dir() or not (jsonl.parent if str(jsonl.parent) else Path(".")).is_dir()):
             raise CommandError(f"Cannot write JSONL: {jsonl} (no such directory or it is a directory)")
         _spy(out, jsonl, cap, seconds, baseline, pairs, not no_tls, quiet, json_out, list(pid), args)

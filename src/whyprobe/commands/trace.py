@@ -10,11 +10,10 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
+from whyprobe.record.targets import alive, can_trace, check_out, check_pids, start_held
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
 DEFAULT_RING = 16 << 20
-# Effective capabilities that allow tracing without root: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
-_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 
 
 def _seconds(text: str) -> float:
@@ -36,35 +35,6 @@ def _ring_bytes(text: str) -> int:
     if size < 4096:
         raise CommandError(f"Invalid --ring {text!r}: at least 4KiB")
     return size
-
-
-def _can_trace() -> bool:
-    if os.geteuid() == 0:
-        return True
-    try:
-        with open("/proc/self/status") as f:
-            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return bool(caps >> _CAP_SYS_ADMIN & 1) or bool(caps >> _CAP_BPF & 1 and caps >> _CAP_PERFMON & 1)
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.is_dir():
-        raise CommandError(f"Cannot write database: {out} (it is a directory)")
-    if out.exists() and not force:
-        raise CommandError(f"File exists, will not overwrite without --force: {out}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"Cannot write database: {out} (no such directory: {parent})")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise CommandError(f"Cannot write database: {out} (permission denied)")
-
-
-def _check_pids(pids: list[int]) -> None:
-    for pid in pids:
-        if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
-            raise CommandError(f"No such process: {pid} (check the pid with `ps -p {pid}`)")
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -114,37 +84,6 @@ def _cuda_libraries(libs: list[str], cmd: list[str], pids: list[int], all_procs:
     return list(dict.fromkeys((h.path, h.via) for h in mapped)), searched, bool(installed)
 
 
-# Runs in the child: wait for "go" on the pipe (probes attached), then become the command.
-_HOLD = """
-import os, sys
-fd = int(sys.argv[1])
-go = os.read(fd, 3)
-os.close(fd)
-if go != b"go\\n":
-    sys.exit(125)
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    sys.stderr.write(f"whyprobe: cannot run {sys.argv[2]}: {exc.strerror}\\n")
-    sys.exit(127)
-"""
-
-
-def _start_held(cmd: list[str]):
-    """Start `cmd` held before exec, so probes attach before its first instruction; returns (child, pipe to release it)."""
-    import subprocess
-
-    r, w = os.pipe()
-    try:
-        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HOLD, str(r), *cmd], pass_fds=(r,))
-    except OSError as exc:
-        os.close(w)
-        raise CommandError(f"Cannot start {cmd[0]}: {exc.strerror}") from None
-    finally:
-        os.close(r)
-    return child, w
-
-
 def register(app: typer.Typer) -> None:
     @app.command("trace", context_settings={"allow_interspersed_args": False})
     def trace(
@@ -184,10 +123,10 @@ def register(app: typer.Typer) -> None:
             raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
         if sum((bool(pid), cmd, all_procs)) > 1:
             raise CommandError("Choose one of --pid, --cmd or --all")
-        if not _can_trace():
+        if not can_trace():
             raise CommandError("whyprobe trace needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
-        _check_pids(pid)
-        _check_out(out, force)
+        check_pids(pid)
+        check_out(out, force)
         names, explicit = _family_names(probes, stack)
         from whyprobe import probes as registry
 
@@ -267,14 +206,6 @@ def _observers(options, metrics: Optional[str], explain: bool):
     return exporter, explainer
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _remove_db(out: Path) -> None:
     for p in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
         try:
@@ -328,7 +259,7 @@ def _run(
         _remove_db(out)
     child = hold = None
     if cmd:
-        child, hold = _start_held(cmd)
+        child, hold = start_held(cmd)
         targets = [child.pid]
     session = TraceSession(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options)
     try:
@@ -367,7 +298,7 @@ def _run(
             return True
         if child is not None:
             return child.poll() is not None
-        return not all_procs and not any(_alive(p) for p in session.pids)
+        return not all_procs and not any(alive(p) for p in session.pids)
 
     if not quiet and not json_out:
         for w in warnings:

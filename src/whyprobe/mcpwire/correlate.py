@@ -53,6 +53,7 @@ class Observation:
     transport: str  # pipe | unix | tcp | tls | sock (the stream's, not the framing's)
     ts_ns: int
     http: HttpHead | None = None
+    tid: int = 0  # the thread whose read/write completed the message (0: unknown)
 
 
 @dataclass
@@ -135,9 +136,9 @@ class Correlator:
     def note_endpoint(self, msg: McpMessage, obs: Observation) -> None:
         """Record who is at this end of the message (first sighting or a de-duplicated second one)."""
         if obs.write:
-            msg.sender_pid, msg.send_ts_ns = obs.pid, obs.ts_ns
+            msg.sender_pid, msg.send_ts_ns, msg.send_tid = obs.pid, obs.ts_ns, obs.tid
         else:
-            msg.receiver_pid, msg.recv_ts_ns = obs.pid, obs.ts_ns
+            msg.receiver_pid, msg.recv_ts_ns, msg.recv_tid = obs.pid, obs.ts_ns, obs.tid
         if obs.transport == "pipe":
             c = self._conn(obs.conn)
             if obs.write:

@@ -33,6 +33,8 @@ class McpMessage:
     receiver_comm: str = ""
     send_ts_ns: int = 0  # the sender's write (0: sender not traced)
     recv_ts_ns: int = 0  # the receiver's read (0: receiver not traced)
+    send_tid: int = 0  # the sender's thread that wrote the end of the message (0: unknown)
+    recv_tid: int = 0  # the receiver's thread that read the end of the message (0: unknown)
     session_id: str | None = None
     latency_ns: int | None = None
     request: McpMessage | None = field(default=None, repr=False)  # responses, cancels, progress
@@ -111,6 +113,12 @@ class ToolCall:
     @property
     def started_at(self) -> int:
         return self.request.recv_ts_ns or self.request.ts_ns
+
+    @property
+    def handler_tid(self) -> int:
+        """The server thread that wrote the response (0: unknown); a thread-per-request server's
+        handler, while an event loop's or a writer thread's is shared by every call."""
+        return self.response.send_tid if self.response.sender_pid == self.server_pid else 0
 
     @property
     def ended_at(self) -> int:

@@ -131,7 +131,7 @@ class WirePipeline:
         if piece.gap:
             self.stats.lost_bytes += piece.gap
             if stream.framer is not None:
-                out += self._frames(piece.key, stream, stream.framer.gap(piece.gap))
+                out += self._frames(piece.key, stream, stream.framer.gap(piece.gap), piece.tid)
         if not piece.data:
             return out
         if stream.framing is None:
@@ -139,20 +139,21 @@ class WirePipeline:
             if stream.framing is None:
                 return out  # not MCP so far: try again at the next call's start
             stream.framer = HttpStream(self.max_message_bytes) if stream.framing == "http" else LineFramer(self.max_message_bytes)
-        return out + self._frames(piece.key, stream, stream.framer.feed(piece.data, piece.ts_ns))
+        return out + self._frames(piece.key, stream, stream.framer.feed(piece.data, piece.ts_ns), piece.tid)
 
-    def _frames(self, key: StreamKey, stream: _Stream, frames: list) -> list[McpMessage]:
+    def _frames(self, key: StreamKey, stream: _Stream, frames: list, tid: int = 0) -> list[McpMessage]:
+        """`tid`: the thread whose call completed these frames (0: unknown, at flush)."""
         out: list[McpMessage] = []
         for item in frames:
             head, frame = item if isinstance(item, tuple) else (None, item)
             for rpc in decode(frame):
-                msg = self._message(key, head, frame, rpc)
+                msg = self._message(key, head, frame, rpc, tid)
                 if msg is not None:
                     out.append(msg)
         return out
 
-    def _message(self, key: StreamKey, head: HttpHead | None, frame: Frame, rpc: Rpc) -> McpMessage | None:
-        obs = Observation(key.pid, key.write, key.conn, key.transport, frame.ts_ns, head)
+    def _message(self, key: StreamKey, head: HttpHead | None, frame: Frame, rpc: Rpc, tid: int) -> McpMessage | None:
+        obs = Observation(key.pid, key.write, key.conn, key.transport, frame.ts_ns, head, tid)
         dkey = digest(rpc.raw)
         seen = self._dedup.match(key.conn, dkey, key.write, key.pid)
         if seen is not None:

@@ -56,10 +56,13 @@ def transport_of(chunk: Chunk) -> str:
 
 def conn_ref(chunk: Chunk) -> str:
     """The connection's name, the same at both ends where the kernel id is: pipe inode, unix
-    socket pair, TCP 4-tuple hash. An SSL* is only meaningful inside its process, so TLS names
-    carry the pid; without a kernel id, fall back to the process's fd."""
+    socket pair, TCP 4-tuple hash. TLS is named by its TCP connection where the capture bound the
+    SSL* to its socket (PL_TLS|PL_TCP); an unbound SSL* is only meaningful inside its process, so
+    that name carries the pid. Without a kernel id, fall back to the process's fd."""
     t = transport_of(chunk)
     if t == "tls":
+        if chunk.flags & PL_TCP:
+            return f"tls:{chunk.conn:x}"
         return f"tls:{chunk.pid}:{chunk.conn:x}"
     if chunk.conn == 0:
         return f"fd:{chunk.pid}:{chunk.fd}"
@@ -76,12 +79,14 @@ class StreamKey:
 
 @dataclass
 class Piece:
-    """Bytes of one stream in order; `gap` bytes were lost just before `data`."""
+    """Bytes of one stream in order; `gap` bytes were lost just before `data`; `tid`: the thread
+    whose read/write call moved them."""
 
     key: StreamKey
     ts_ns: int
     data: bytes
     gap: int = 0
+    tid: int = 0
 
 
 class _Call:
@@ -110,29 +115,29 @@ class Reassembler:
         out: list[Piece] = []
         call = self._calls.get(slot)
         if chunk.offset == 0 and call is not None:
-            out += self._finish(key, self._calls.pop(slot))
+            out += self._finish(key, self._calls.pop(slot), chunk.tid)
             call = None
         if call is None:
             if chunk.offset == 0 and len(data) >= chunk.total and not chunk.flags & PL_TRUNCATED:
-                return out + [Piece(key, chunk.ts_ns, data)]  # the common case: one chunk, one call
+                return out + [Piece(key, chunk.ts_ns, data, 0, chunk.tid)]  # the common case: one chunk, one call
             call = self._calls[slot] = _Call(chunk, self.capture_cap)
         call.parts.append((max(chunk.offset - call.next, 0), data))
         call.next = max(call.next, chunk.offset + len(data))
         if call.next >= call.want:
-            out += self._finish(key, self._calls.pop(slot))
+            out += self._finish(key, self._calls.pop(slot), chunk.tid)
         return out
 
-    def _finish(self, key: StreamKey, call: _Call) -> list[Piece]:
-        out = [Piece(key, call.ts_ns, data, gap) for gap, data in call.parts]
+    def _finish(self, key: StreamKey, call: _Call, tid: int) -> list[Piece]:
+        out = [Piece(key, call.ts_ns, data, gap, tid) for gap, data in call.parts]
         tail = call.total - call.next
         if tail > 0:
-            out.append(Piece(key, call.ts_ns, b"", tail))
+            out.append(Piece(key, call.ts_ns, b"", tail, tid))
         self.lost_bytes += tail + sum(g for g, _ in call.parts)
         return out
 
     def flush(self) -> list[Piece]:
         out: list[Piece] = []
-        for (key, _), call in list(self._calls.items()):
-            out += self._finish(key, call)
+        for (key, tid), call in list(self._calls.items()):
+            out += self._finish(key, call, tid)
         self._calls.clear()
         return out

@@ -3,12 +3,15 @@
 Syscall tracepoints see stdio and plain HTTP; TLS plaintext only exists inside
 the process, so SSL_read/SSL_write(_ex) are probed in every libssl the targets
 map, and in executables that carry OpenSSL themselves (node links it statically
-and exports the symbols).
+and exports the symbols). SSL_do_handshake, SSL_set_bio, SSL_free and
+libcrypto's BIO_write bind each SSL* to its TCP connection (wire.bpf.c), so a
+TLS message carries the same connection id at both ends and is reported once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,6 +36,13 @@ SSL_ENTRY = {
     "SSL_write_ex": "handle_ssl_write_ex",
     "SSL_read_ex": "handle_ssl_read_ex",
 }
+# Name TLS streams by their TCP connection (wire.bpf.c ssl_conns): optional, where present.
+SSL_BINDING = {
+    "SSL_do_handshake": "handle_ssl_handshake",
+    "SSL_set_bio": "handle_ssl_set_bio",
+    "SSL_free": "handle_ssl_free",
+}
+BIO_BINDING = {"BIO_write": "handle_bio_write"}  # libcrypto, or the executable that carries OpenSSL
 
 
 def _mapped_files(pid: int) -> set[str]:
@@ -48,26 +58,28 @@ def _mapped_files(pid: int) -> set[str]:
     return files
 
 
-def _system_libssl() -> list[str]:
+def _system_libs(stem: str) -> list[str]:
     try:
         out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
     except OSError:
         return []
-    return [line.split("=>")[-1].strip() for line in out.splitlines() if "libssl.so" in line and "=>" in line]
+    return [line.split("=>")[-1].strip() for line in out.splitlines() if stem in line and "=>" in line]
 
 
-def tls_candidates(pids: list[int]) -> list[str]:
-    """Files that may hold SSL_read/SSL_write for these processes: their libssl maps and executables."""
+def tls_candidates(pids: list[int], stem: str = "libssl.so") -> list[str]:
+    """Files that may hold OpenSSL for these processes: their `stem` maps (libssl, libcrypto), the
+    system's, and their executables (node links OpenSSL statically)."""
     found: list[str] = []
     for pid in pids:
         maps = _mapped_files(pid)
-        found += [f for f in maps if "libssl.so" in Path(f).name]
+        found += [f for f in maps if stem in Path(f).name]
         try:
             found.append(str(Path(f"/proc/{pid}/exe").resolve()))
         except OSError:
             pass
-    found += _system_libssl()
-    return list(dict.fromkeys(p for p in found if Path(p).exists()))
+    found += _system_libs(stem)
+    # One path per file: libssl.so and libssl.so.3 are often the same file.
+    return list(dict.fromkeys(os.path.realpath(p) for p in found if Path(p).exists()))
 
 
 class WireFamily:
@@ -78,6 +90,7 @@ class WireFamily:
         self.sniff = sniff
         self.tls = tls
         self.tls_libraries: list[str] = []
+        self._bio_files: set[str] = set()
         self._obj = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
@@ -96,20 +109,38 @@ class WireFamily:
             if path in self.tls_libraries:
                 continue
             try:
-                offsets, _ = resolve(path, list(SSL_ENTRY))
+                offsets, _ = resolve(path, [*SSL_ENTRY, *SSL_BINDING])
             except WhyprobeError as exc:  # unreadable or non-ELF file in the maps: not ours to fail on
                 log.info("skip %s: %s", path, exc)
                 continue
             if not {"SSL_read", "SSL_write"} <= offsets.keys():
                 continue
             try:
+                io = {sym: off for sym, off in offsets.items() if sym in SSL_ENTRY}
                 for sym, off in offsets.items():
-                    self._obj.attach_uprobe_multi(SSL_ENTRY[sym], path, [off])
-                self._obj.attach_uprobe_multi("handle_ssl_ret", path, list(offsets.values()), retprobe=True)
+                    self._obj.attach_uprobe_multi({**SSL_ENTRY, **SSL_BINDING}[sym], path, [off])
+                self._obj.attach_uprobe_multi("handle_ssl_ret", path, list(io.values()), retprobe=True)
+                if "SSL_do_handshake" in offsets:
+                    self._obj.attach_uprobe_multi("handle_ssl_handshake_ret", path, [offsets["SSL_do_handshake"]], retprobe=True)
                 self.tls_libraries.append(path)
             except BpfError as exc:
                 warnings.append(f"TLS capture unavailable in {path}: {exc}")
+        if self.tls_libraries:
+            self._attach_bio(pids)
         return warnings
+
+    def _attach_bio(self, pids: list[int]) -> None:
+        """BIO_write binds memory-BIO TLS to its socket; without it the thread's reads decide."""
+        for path in tls_candidates(pids, "libcrypto.so"):
+            if path in self._bio_files:
+                continue
+            self._bio_files.add(path)
+            try:
+                offsets, _ = resolve(path, list(BIO_BINDING))
+                for sym, off in offsets.items():
+                    self._obj.attach_uprobe_multi(BIO_BINDING[sym], path, [off])
+            except WhyprobeError as exc:  # BpfError included
+                log.info("no BIO_write probe in %s: %s", path, exc)
 
     def on_batch(self, records: np.ndarray) -> None:
         return None

@@ -208,7 +208,7 @@ CREATE TABLE IF NOT EXISTS tool_calls (
     ended_at     INTEGER NOT NULL,          -- unix ns: server wrote the response
     duration     INTEGER NOT NULL,
     is_error     INTEGER NOT NULL DEFAULT 0,
-    attribution  TEXT NOT NULL DEFAULT 'exclusive', -- exclusive (alone on its server) | shared (overlapping calls)
+    attribution  TEXT NOT NULL DEFAULT 'exclusive', -- exclusive (alone on its server) | thread (overlapping, told apart by handler thread) | shared (overlapping)
     cpu_user_ns  INTEGER NOT NULL DEFAULT 0,
     cpu_sys_ns   INTEGER NOT NULL DEFAULT 0,
     syscalls     INTEGER NOT NULL DEFAULT 0,
