@@ -15,31 +15,10 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "common.bpf.h"
+#include "syscall_nrs.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define NR_OPEN 2
-#define NR_MMAP 9
-#define NR_SOCKET 41
-#define NR_CONNECT 42
-#define NR_ACCEPT 43
-#define NR_BIND 49
-#define NR_CLONE 56
-#define NR_FORK 57
-#define NR_VFORK 58
-#define NR_EXECVE 59
-#define NR_EXIT 60
-#define NR_RENAME 82
-#define NR_UNLINK 87
-#define NR_EXIT_GROUP 231
-#define NR_OPENAT 257
-#define NR_UNLINKAT 263
-#define NR_RENAMEAT 264
-#define NR_ACCEPT4 288
-#define NR_RENAMEAT2 316
-#define NR_EXECVEAT 322
-#define NR_CLONE3 435
-#define NR_OPENAT2 437
 
 #define PROT_EXEC 4
 #define HIST_SLOTS 32

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.record.targets import alive, can_trace, check_out, check_pids, start_held
+from whyprobe.record.targets import alive, can_trace, check_out, check_pids, finish_child, start_held
 
 
 @dataclass
@@ -122,17 +122,7 @@ def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         summary = session.stop()
-    status = None
-    if child is not None:
-        if child.poll() is None:  # the capture ended first (duration, Ctrl-C): don't leave it behind
-            child.terminate()
-            try:
-                child.wait(10)
-            except Exception:
-                child.kill()
-                child.wait()
-        status = child.returncode
-    return Capture(summary, status, session.pids)
+    return Capture(summary, finish_child(child), session.pids)
 
 
 def scratch_db() -> Path:

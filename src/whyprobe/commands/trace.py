@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.record.targets import alive, can_trace, check_out, check_pids, start_held
+from whyprobe.record.targets import alive, can_trace, check_out, check_pids, finish_child, start_held
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
 DEFAULT_RING = 16 << 20
@@ -316,16 +316,7 @@ def _run(
             signal.signal(sig, handler)
         summary = session.stop()
 
-    child_status = None
-    if child is not None:
-        if child.poll() is None:  # the trace ended first (duration, Ctrl-C): don't leave it behind
-            child.terminate()
-            try:
-                child.wait(10)
-            except Exception:
-                child.kill()
-                child.wait()
-        child_status = child.returncode
+    child_status = finish_child(child)
     if stop_metrics is not None:
         stop_metrics()
 

@@ -226,6 +226,10 @@ CREATE TABLE IF NOT EXISTS tool_call_events (
     event_id INTEGER NOT NULL,              -- events.id
     PRIMARY KEY (call_id, event_id)
 );
+"""
+
+# Also the sidecar audit database of `whyprobe mcp` (server/security.py).
+AUDIT_LOG = """
 CREATE TABLE IF NOT EXISTS audit_log (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     timestamp   INTEGER NOT NULL,
@@ -281,6 +285,7 @@ def create(conn: sqlite3.Connection) -> None:
                 conn.execute(stmt)
             version += 1
         conn.executescript(TABLES)
+        conn.executescript(AUDIT_LOG)
         conn.executescript(VIEWS)
         seed_names(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
