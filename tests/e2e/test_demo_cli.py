@@ -21,15 +21,6 @@ from whyprobe.commands import main
 from whyprobe.demo import scenarios
 
 
-def _as_nobody(args: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return args
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("setpriv (util-linux) missing")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *args]
-
-
 @pytest.fixture
 def open_dir():
     """A directory anyone can write, reachable by an unprivileged user (pytest's tmp_path is not)."""
@@ -39,13 +30,13 @@ def open_dir():
     shutil.rmtree(path)
 
 
-def test_unprivileged_user_gets_a_replay_that_says_so(open_dir):
+def test_unprivileged_user_gets_a_replay_that_says_so(open_dir, as_nobody):
     # GIVEN a directory the unprivileged user can write
     work = open_dir
     out = work / "demo.db"
     # WHEN it runs the demo of cpu-contention
     res = subprocess.run(
-        _as_nobody([sys.executable, "-m", "whyprobe", "demo", "cpu-contention", "--out", str(out)]),
+        as_nobody([sys.executable, "-m", "whyprobe", "demo", "cpu-contention", "--out", str(out)]),
         capture_output=True, text=True, cwd=work, timeout=120,
     )
     # THEN it exits 0, says first that this is a replay and why, and explains the recording
@@ -61,14 +52,14 @@ def test_unprivileged_user_gets_a_replay_that_says_so(open_dir):
     assert res.stderr == ""
 
 
-def test_unprivileged_user_cannot_write_where_it_may_not(open_dir):
+def test_unprivileged_user_cannot_write_where_it_may_not(open_dir, as_nobody):
     locked = open_dir / "locked"
     locked.mkdir(mode=0o700)  # owned by root (or by us, when not root: then make it unreachable)
     if os.geteuid() != 0:
         locked.chmod(0o000)
     try:
         res = subprocess.run(
-            _as_nobody([sys.executable, "-m", "whyprobe", "demo", "clean", "--out", str(locked / "x.db")]),
+            as_nobody([sys.executable, "-m", "whyprobe", "demo", "clean", "--out", str(locked / "x.db")]),
             capture_output=True, text=True, cwd=open_dir, timeout=120,
         )
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -94,13 +93,9 @@ def test_lib_that_is_not_cuda_is_refused(bpf_required, tmp_path, capsys):
     assert capsys.readouterr().err == f"whyprobe: {libc} defines none of the CUDA functions whyprobe probes (not a libcudart/libcuda?)\n"
 
 
-def test_not_root_is_one_line(bpf_required, tmp_path):
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("setpriv (util-linux) missing")
+def test_not_root_is_one_line(bpf_required, tmp_path, as_nobody):
     res = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", sys.executable, "-m", "whyprobe", "trace", "--pid", "1",
-         "--out", "/tmp/whyprobe-nobody.db"],
+        as_nobody([sys.executable, "-m", "whyprobe", "trace", "--pid", "1", "--out", "/tmp/whyprobe-nobody.db"]),
         capture_output=True, text=True, cwd="/", timeout=60,
     )
     assert res.returncode == 1
