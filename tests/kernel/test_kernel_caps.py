@@ -13,6 +13,13 @@ pytestmark = pytest.mark.usefixtures("bpf_required")
 
 
 def test_check_json_matches_the_kernel(capsys) -> None:
+    import subprocess
+
+    from whyprobe.kernel.caps import probe_capabilities
+
+    # GIVEN a host where tracefs is not mounted (as on a fresh machine)
+    subprocess.run(["umount", "/sys/kernel/tracing"], capture_output=True)
+    probe_capabilities.cache_clear()
     rc = main(["check", "--json"])
     report = json.loads(capsys.readouterr().out)
     caps = report["kernel"]["capabilities"]
@@ -25,4 +32,6 @@ def test_check_json_matches_the_kernel(capsys) -> None:
     # fentry is refused here by policy (EPERM even as root): the report says so instead of guessing.
     assert caps["fentry"]["ok"] is False and "EPERM" in caps["fentry"]["detail"]
     assert caps["tracepoint"]["ok"] and caps["raw_tp"]["ok"] and caps["tp_btf"]["ok"]
+    # THEN check mounted it, and says so
     assert report["kernel"]["tracefs"]["mounted"] is True
+    assert report["kernel"]["tracefs"]["mounted_by_whyprobe"] is True

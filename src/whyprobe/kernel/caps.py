@@ -7,9 +7,7 @@ fentry_can_attach).
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import ctypes.util
 import os
 import platform
 import resource
@@ -19,8 +17,8 @@ from pathlib import Path
 from whyprobe.kernel.elfsym import resolve
 from whyprobe.kernel.libbpf import BpfError, BpfObject
 from whyprobe.kernel.loader import bpf_object_path
+from whyprobe.kernel.tracefs import TRACEFS, ensure_tracefs, tracefs_mounted
 
-TRACEFS = Path("/sys/kernel/tracing")
 BTF = Path("/sys/kernel/btf/vmlinux")
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -47,24 +45,6 @@ def effective_caps() -> int:
 def privileged() -> bool:
     caps = effective_caps()
     return os.geteuid() == 0 or bool(caps >> CAP_SYS_ADMIN & 1) or (bool(caps >> CAP_BPF & 1) and bool(caps >> CAP_PERFMON & 1))
-
-
-def tracefs_mounted() -> bool:
-    return (TRACEFS / "events").is_dir()
-
-
-def ensure_tracefs() -> str:
-    """Mount tracefs if needed (tracepoint ids are read from it); return its path or raise."""
-    if tracefs_mounted():
-        return str(TRACEFS)
-    debug = Path("/sys/kernel/debug/tracing")
-    if (debug / "events").is_dir():
-        return str(debug)
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"nodev", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise BpfError("mount tracefs at", str(TRACEFS), err, "mount it by hand: mount -t tracefs nodev /sys/kernel/tracing")
-    return str(TRACEFS)
 
 
 def _libc_path() -> str:
@@ -115,7 +95,7 @@ def probe_capabilities() -> dict[str, dict[str, object]]:
         return {cap: {"ok": False, "detail": "not privileged (needs root or CAP_BPF+CAP_PERFMON)"} for cap in PROBES}
     try:
         ensure_tracefs()
-    except BpfError:
+    except OSError:
         pass
     out = {}
     for cap in PROBES:
@@ -131,6 +111,7 @@ def can(cap: str) -> bool:
 def check_report() -> dict:
     """Kernel-side readiness: kernel, BTF, privileges, tracefs, memlock, and probed capabilities."""
     memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    found_mounted = tracefs_mounted()
     caps = probe_capabilities()
     report = {
         "kernel": platform.release(),
@@ -138,7 +119,8 @@ def check_report() -> dict:
         "btf": BTF.exists(),
         "root": os.geteuid() == 0,
         "privileged": privileged(),
-        "tracefs": {"mounted": tracefs_mounted(), "path": str(TRACEFS)},
+        # A fresh host may not have it: the probes above mount it, and the report says so.
+        "tracefs": {"mounted": tracefs_mounted(), "mounted_by_whyprobe": tracefs_mounted() and not found_mounted, "path": str(TRACEFS)},
         "memlock": "unlimited" if memlock == resource.RLIM_INFINITY else memlock,
         "capabilities": caps,
     }

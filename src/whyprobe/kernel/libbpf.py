@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from whyprobe.errors import WhyprobeError
+from whyprobe.kernel.tracefs import ensure_tracefs
 
 log = logging.getLogger("whyprobe.libbpf")
 
@@ -422,11 +423,20 @@ class BpfObject:
         self._links.append(link)
         return link
 
+    def _need_tracefs(self, what: str) -> None:
+        try:
+            ensure_tracefs()
+        except OSError as exc:
+            raise BpfError("attach tracepoint", what, exc.errno or errno_mod.EPERM, str(exc.strerror)) from None
+
     def attach(self, prog: str) -> Link:
+        if self.section(prog).split("/")[0] in ("tp", "tracepoint"):
+            self._need_tracefs(prog)
         ptr = _check_ptr(bpf_program__attach(self._prog(prog)), "attach", prog)
         return self._keep(Link(prog, ptr=ptr))
 
     def attach_tracepoint(self, prog: str, category: str, event: str, *, cookie: int = 0) -> Link:
+        self._need_tracefs(f"{category}:{event}")
         """`cookie` is what bpf_get_attach_cookie() returns in the program (one program, many tracepoints)."""
         opts = _TracepointOpts(sz=ct.sizeof(_TracepointOpts), bpf_cookie=cookie)
         ptr = bpf_program__attach_tracepoint_opts(self._prog(prog), category.encode(), event.encode(), ct.byref(opts))

@@ -324,9 +324,12 @@ class CustomFamily:
         for u in self.uprobes:
             u.locate(())
         if self.tracepoints:
-            from whyprobe.kernel.caps import ensure_tracefs
+            from whyprobe.kernel.tracefs import ensure_tracefs
 
-            tracefs = ensure_tracefs()
+            try:
+                tracefs = ensure_tracefs()
+            except OSError as exc:
+                raise ConfigError(f"probes.tracepoints: {exc.strerror}") from None
             for t in self.tracepoints:
                 t.prepare(tracefs)
         self._ops_written = False

@@ -16,7 +16,8 @@ def render_check(report: dict, console: Console) -> None:
     facts.add_row("kernel", f"{k['kernel']} ({k['arch']})")
     facts.add_row("BTF", _mark(k["btf"]))
     facts.add_row("privileged", _mark(k["privileged"]))
-    facts.add_row("tracefs", f"{_mark(k['tracefs']['mounted'])} {k['tracefs']['path']}")
+    mounted_now = " (was not mounted: whyprobe mounted it)" if k["tracefs"].get("mounted_by_whyprobe") else ""
+    facts.add_row("tracefs", f"{_mark(k['tracefs']['mounted'])} {k['tracefs']['path']}{mounted_now}")
     facts.add_row("memlock", str(k["memlock"]))
     console.print(facts)
 
