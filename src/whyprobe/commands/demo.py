@@ -104,10 +104,10 @@ def _show(sc, path: Path, live: bool) -> None:
 
     if sc.kind == "footprint":
         doc = _show_footprint(path, live)
-        follow = f"whyprobe query {path} \"SELECT tool_name, duration, files FROM tool_calls\"   whyprobe mcp {path}"
+        follow = f"whyprobe query {path} \"SELECT tool_name, duration, files FROM tool_calls\"   whyprobe mcp --db {path}"
     else:
         doc = _show_explain(sc, path)
-        follow = f"whyprobe explain {path}   whyprobe stats {path}   whyprobe mcp {path}"
+        follow = f"whyprobe explain {path}   whyprobe stats {path}   whyprobe mcp --db {path}"
     problems = sc.verdict(doc)
     print()
     if problems:
