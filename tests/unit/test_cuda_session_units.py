@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from whyprobe.commands.trace import _ring_bytes, _seconds
+from whyprobe.commands.common import duration_s, ring_bytes
 from whyprobe.errors import CommandError, ConfigError
 from whyprobe.probes import available, families
 from whyprobe.record.events import EVENT_DTYPE, Source
@@ -19,10 +19,10 @@ from whyprobe.ui.live import fmt_ns, render_snapshot
 
 def test_trace_units_errors_say_how():
     with pytest.raises(CommandError, match=r"^Invalid --ring '64 parsecs': expected a size"):
-        _ring_bytes("64 parsecs")
+        ring_bytes("64 parsecs")
     with pytest.raises(CommandError, match=r"^Invalid --ring '1k': at least 4KiB$"):
-        _ring_bytes("1k")
-    assert _ring_bytes("64MiB") == 64 << 20 and _seconds("1.5s") == 1.5
+        ring_bytes("1k")
+    assert ring_bytes("64MiB") == 64 << 20 and duration_s("1.5s") == 1.5
 
 
 def _records(durations, source=Source.CUDA, op=1, ret=0):

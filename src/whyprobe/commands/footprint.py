@@ -20,6 +20,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
+from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes
 from whyprobe.record.targets import check_out
 
 
@@ -43,7 +44,6 @@ def register(app: typer.Typer) -> None:
           sudo whyprobe footprint --pid $(pgrep -f mcp-server-git) --duration 60s
           whyprobe query footprint.db "SELECT tool_name, duration, files FROM tool_calls"
         """
-        from whyprobe.commands.spy import check_targets, duration_s, message_cap
 
         args = list(args or [])
         if not pid and not args:
@@ -66,17 +66,26 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
     from rich.console import Console
 
     from whyprobe.analyze import footprint as fp
-    from whyprobe.commands.spy import capture, remove_db
+    from whyprobe.errors import WhyprobeError
+    from whyprobe.probes.base import TargetSpec
+    from whyprobe.probes.cuda import CudaFamily
     from whyprobe.probes.footprint import FootprintFamily
     from whyprobe.probes.host import BlockFamily, ProcFamily, SchedFamily, SyscallsFamily
+    from whyprobe.record.capture import capture, remove_db, session_argv
+    from whyprobe.record.session import TraceOptions
     from whyprobe.record.wire import WireRecorder
     from whyprobe.reporters import footprint as reporter
 
     if force:
         remove_db(out)
     recorder = WireRecorder(max_message_bytes=cap, tls=tls, ignore_pids={os.getpid()})
-    families = [ProcFamily(), SchedFamily(), SyscallsFamily(), FootprintFamily(), BlockFamily(), recorder]
-    result = capture(out, families, pids, args, seconds, until_idle=True, cap=cap)
+    # CUDA libraries a server maps (now or by dlopen) are attached by the family's maps rescan.
+    families = [ProcFamily(), SchedFamily(), SyscallsFamily(), FootprintFamily(), BlockFamily(), CudaFamily([]), recorder]
+    options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
+    try:
+        result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)
+    except WhyprobeError as exc:
+        raise CommandError(str(exc)) from None
     ids = [cid for cid, _ in recorder.calls]
     conn = sqlite3.connect(str(out))
     try:

@@ -10,133 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.record.targets import alive, can_trace, check_out, check_pids, finish_child, start_held
-
-
-@dataclass
-class Capture:
-    """What `capture()` did: the session summary and the launched command's exit status."""
-
-    summary: Any
-    command_status: Optional[int]
-    pids: list[int]
-
-
-def check_targets(pid: list[int], cmd: bool, args: list[str], name: str) -> None:
-    """The --pid / --cmd checks `trace` makes, in this command's words."""
-    if cmd and not args:
-        raise CommandError(f"--cmd needs a command after `--`: whyprobe {name} --cmd -- python client.py")
-    if args and not cmd:
-        raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
-    if pid and cmd:
-        raise CommandError("Choose one of --pid or --cmd")
-    if not can_trace():
-        raise CommandError(f"whyprobe {name} needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
-    check_pids(pid)
-
-
-MAX_CAPTURE = 4 << 20  # the kernel copies at most 1024 chunks of 4 KiB per call (bpf/wire.bpf.c)
-
-
-def duration_s(text: Optional[str]) -> Optional[float]:
-    from whyprobe.units import UnitError, parse_duration_ns
-
-    if text is None:
-        return None
-    try:
-        return parse_duration_ns(text) / 1e9
-    except UnitError as exc:
-        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
-
-
-def message_cap(text: str) -> int:
-    from whyprobe.units import UnitError, parse_size
-
-    try:
-        cap = parse_size(text)
-    except UnitError as exc:
-        raise CommandError(f"Invalid --max-message {text!r}: {exc}") from None
-    if not 0 < cap <= MAX_CAPTURE:
-        raise CommandError(f"Invalid --max-message {text!r}: between 1 byte and 4MiB (what the kernel copies per call)")
-    return cap
-
-
-def payload_ring_bytes(cap: int) -> int:
-    """Room for a whole message at both ends (writer and reader) twice over, between two drains."""
-    return 1 << max(22, (4 * cap - 1).bit_length())
-
-
-def capture(out: Path, families: list, pids: list[int], cmd: list[str], seconds: Optional[float], *, until_idle: bool, cap: int) -> Capture:
-    """Trace `pids` (or the launched `cmd`) with `families` into `out` until the command exits,
-    every target is gone (until_idle), `seconds` pass, or Ctrl-C/SIGTERM."""
-    import signal
-    import threading
-    import time
-
-    from whyprobe.errors import WhyprobeError
-    from whyprobe.probes.base import TargetSpec
-    from whyprobe.record.session import TraceOptions, TraceSession
-
-    import shlex
-
-    options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
-    child = hold = None
-    if cmd:
-        child, hold = start_held(cmd)
-        pids = [child.pid]
-    session = TraceSession(out, families, TargetSpec(pids=list(pids)), options)
-    for fam in families:
-        if hasattr(fam, "bind"):
-            fam.bind(lambda: session.writer)
-    try:
-        session.start()
-    except WhyprobeError as exc:
-        if child is not None:
-            os.close(hold)  # the held child reads EOF and exits without running the command
-            child.wait()
-        raise CommandError(f"Cannot start tracing: {exc}") from None
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if hold is not None:
-        os.write(hold, b"go\n")
-        os.close(hold)
-    deadline = time.monotonic() + seconds if seconds else None
-
-    def finished() -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            return True
-        if child is not None:
-            return child.poll() is not None
-        return until_idle and not any(alive(p) for p in session.pids)
-
-    try:
-        session.run(finished, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        summary = session.stop()
-    return Capture(summary, finish_child(child), session.pids)
-
-
-def scratch_db() -> Path:
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="whyprobe-spy-", suffix=".db")
-    os.close(fd)
-    os.unlink(path)
-    return Path(path)
-
-
-def remove_db(path: Path) -> None:
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        p.unlink(missing_ok=True)
+from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes
+from whyprobe.record.targets import check_out
 
 
 def tool_flags(snapshots: list) -> list[dict]:
@@ -194,6 +75,8 @@ def register(app: typer.Typer) -> None:
             raise CommandError(f"No such baseline database: {baseline}")
         if out is not None:
             if force:
+                from whyprobe.record.capture import remove_db
+
                 check_out(out, True)
                 remove_db(out)
             elif out.exists():
@@ -207,7 +90,11 @@ def _spy(out, jsonl, cap, seconds, baseline, pairs, tls, quiet, json_out, pids, 
     import orjson
     from rich.console import Console
 
+    from whyprobe.errors import WhyprobeError
+    from whyprobe.probes.base import TargetSpec
     from whyprobe.probes.host import ProcFamily
+    from whyprobe.record.capture import capture, remove_db, scratch_db, session_argv
+    from whyprobe.record.session import TraceOptions
     from whyprobe.record.wire import WireRecorder, existing_state
     from whyprobe.reporters.spy import SpyReporter
 
@@ -224,8 +111,11 @@ def _spy(out, jsonl, cap, seconds, baseline, pairs, tls, quiet, json_out, pids, 
         id_base=id_base, call_base=call_base, ignore_pids={os.getpid()},
     )
     db = out if out is not None else scratch_db()
+    options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
     try:
-        result = capture(db, [ProcFamily(), recorder], pids, args, seconds, until_idle=not auto, cap=cap)
+        result = capture(db, [ProcFamily(), recorder], TargetSpec(pids=pids), options, args, seconds, until_idle=not auto)
+    except WhyprobeError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         if stream is not None:
             stream.close()

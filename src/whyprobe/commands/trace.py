@@ -10,31 +10,11 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.record.targets import alive, can_trace, check_out, check_pids, finish_child, start_held
+from whyprobe.commands.common import check_targets, duration_s, ring_bytes
+from whyprobe.record.targets import check_out
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
 DEFAULT_RING = 16 << 20
-
-
-def _seconds(text: str) -> float:
-    from whyprobe.units import UnitError, parse_duration_ns
-
-    try:
-        return parse_duration_ns(text) / 1e9
-    except UnitError as exc:
-        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
-
-
-def _ring_bytes(text: str) -> int:
-    from whyprobe.units import UnitError, parse_size
-
-    try:
-        size = parse_size(text)
-    except UnitError as exc:
-        raise CommandError(f"Invalid --ring {text!r}: {exc}") from None
-    if size < 4096:
-        raise CommandError(f"Invalid --ring {text!r}: at least 4KiB")
-    return size
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -112,20 +92,12 @@ def register(app: typer.Typer) -> None:
           whyprobe explain t.db
         """
         args = list(args or [])
-        seconds = _seconds(duration) if duration else None
+        seconds = duration_s(duration)
         cfg = _load_config(config)
-        ring_bytes = _ring_bytes(ring) if ring else (cfg.storage.ring_size if cfg else DEFAULT_RING)
+        ring_size = ring_bytes(ring) if ring else (cfg.storage.ring_size if cfg else DEFAULT_RING)
         if cfg and not probes:
             probes = ",".join(cfg.probes.families + (["custom"] if cfg.probes.uprobes or cfg.probes.tracepoints else []))
-        if cmd and not args:
-            raise CommandError("--cmd needs a command after `--`: whyprobe trace --cmd -- python train.py")
-        if args and not cmd:
-            raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
-        if sum((bool(pid), cmd, all_procs)) > 1:
-            raise CommandError("Choose one of --pid, --cmd or --all")
-        if not can_trace():
-            raise CommandError("whyprobe trace needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
-        check_pids(pid)
+        check_targets(pid, cmd, args, "trace", all_procs=all_procs)
         check_out(out, force)
         names, explicit = _family_names(probes, stack)
         from whyprobe import probes as registry
@@ -159,7 +131,7 @@ def register(app: typer.Typer) -> None:
             cmd=args,
             all_procs=all_procs,
             seconds=seconds,
-            ring_bytes=ring_bytes,
+            ring_bytes=ring_size,
             stack=stack,
             quiet=quiet,
             json_out=json_out,
@@ -206,16 +178,6 @@ def _observers(options, metrics: Optional[str], explain: bool):
     return exporter, explainer
 
 
-def _remove_db(out: Path) -> None:
-    for p in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise CommandError(f"Cannot overwrite {p}: {exc.strerror}") from None
-
-
 def _run(
     *,
     out: Path,
@@ -235,9 +197,6 @@ def _run(
     explain: bool,
     warnings: list[str],
 ) -> None:
-    import shlex
-    import signal
-    import threading
     import time
 
     import orjson
@@ -246,41 +205,31 @@ def _run(
     from whyprobe import probes as registry
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
-    from whyprobe.record.session import TraceOptions, TraceSession
+    from whyprobe.record.capture import capture, remove_db, session_argv
+    from whyprobe.record.session import TraceOptions
 
     stderr = Console(stderr=True)
-    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": shlex.join(["whyprobe", *sys.argv[1:]])})
+    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})
     if cfg:
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
     fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
     if force:
-        _remove_db(out)
-    child = hold = None
-    if cmd:
-        child, hold = start_held(cmd)
-        targets = [child.pid]
-    session = TraceSession(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options)
-    try:
-        warnings += session.start()
-    except WhyprobeError as exc:
-        if child is not None:
-            os.close(hold)  # the held shell reads EOF and exits without running the command
-            child.wait()
-        raise CommandError(f"Cannot start tracing: {exc}") from None
-
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if hold is not None:
-        os.write(hold, b"go\n")
-        os.close(hold)
-    stop_metrics = exporter.serve(metrics) if exporter is not None else None
-    deadline = time.monotonic() + seconds if seconds else None
+        remove_db(out)
     reported: set[str] = set()
     next_explain = time.monotonic() + 1.0
+    stop_metrics = None
 
-    def observe() -> None:
+    def started(session, more: list[str]) -> None:
+        nonlocal stop_metrics
+        if exporter is not None:
+            stop_metrics = exporter.serve(metrics)
+        if not quiet and not json_out:
+            for w in warnings + more:
+                stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+
+    def observe(session) -> None:
         nonlocal next_explain
         if exporter is not None:
             drops = session.snapshot().drops
@@ -292,34 +241,29 @@ def _run(
                     reported.add(f["id"])
                     stderr.print(f"[bold]finding[/bold] ({f['severity']}): {f['summary']}", highlight=False)
 
-    def finished() -> bool:
-        observe()
-        if deadline is not None and time.monotonic() >= deadline:
-            return True
-        if child is not None:
-            return child.poll() is not None
-        return not all_procs and not any(alive(p) for p in session.pids)
+    view = None
+    if not (quiet or json_out or not sys.stderr.isatty()):
+        from whyprobe.ui.live import LiveView
 
-    if not quiet and not json_out:
-        for w in warnings:
-            stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        def view(session):
+            return LiveView(session.snapshot, str(out), stderr)
+
     try:
-        if quiet or json_out or not sys.stderr.isatty():
-            session.run(finished, stop)
-        else:
-            from whyprobe.ui.live import LiveView
-
-            with LiveView(session.snapshot, str(out), stderr):
-                session.run(finished, stop)
+        result = capture(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options, cmd, seconds,
+                         on_started=started, on_tick=observe, view=view)
+    except WhyprobeError as exc:
+        raise CommandError(str(exc)) from None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        summary = session.stop()
+        if stop_metrics is not None:
+            stop_metrics()
+    summary, child_status = result.summary, result.command_status
 
-    child_status = finish_child(child)
-    if stop_metrics is not None:
-        stop_metrics()
+    if cfg is not None and cfg.storage.backend == "duckdb":
+        from whyprobe.export.duckdb_backend import to_duckdb
 
+        to_duckdb(out, out.with_suffix(".duckdb"))
+        if not json_out:
+            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: duckdb)")
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
@@ -327,12 +271,6 @@ def _run(
             doc["findings"] = explainer.findings()
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
-    if cfg is not None and cfg.storage.backend == "duckdb":
-        from whyprobe.export.duckdb_backend import to_duckdb
-
-        to_duckdb(out, out.with_suffix(".duckdb"))
-        if not json_out:
-            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: duckdb)")
     line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"

@@ -1,0 +1,60 @@
+"""Option parsing and target checks shared by the recording commands (trace, spy, footprint)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from whyprobe.errors import CommandError
+from whyprobe.record.targets import can_trace, check_pids
+from whyprobe.units import UnitError, parse_duration_ns, parse_size
+
+# The kernel copies at most 1024 chunks of 4 KiB per call (bpf/wire.bpf.c).
+MAX_CAPTURE = 4 << 20
+
+
+def duration_s(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        return parse_duration_ns(text) / 1e9
+    except UnitError as exc:
+        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
+
+
+def ring_bytes(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except UnitError as exc:
+        raise CommandError(f"Invalid --ring {text!r}: {exc}") from None
+    if size < 4096:
+        raise CommandError(f"Invalid --ring {text!r}: at least 4KiB")
+    return size
+
+
+def message_cap(text: str) -> int:
+    try:
+        cap = parse_size(text)
+    except UnitError as exc:
+        raise CommandError(f"Invalid --max-message {text!r}: {exc}") from None
+    if not 0 < cap <= MAX_CAPTURE:
+        raise CommandError(f"Invalid --max-message {text!r}: between 1 byte and 4MiB (what the kernel copies per call)")
+    return cap
+
+
+def payload_ring_bytes(cap: int) -> int:
+    """Room for a whole message at both ends (writer and reader) twice over, between two drains."""
+    return 1 << max(22, (4 * cap - 1).bit_length())
+
+
+def check_targets(pid: list[int], cmd: bool, args: list[str], name: str, *, all_procs: bool = False) -> None:
+    """--pid / --cmd / --all consistency, privileges and pids, before any work."""
+    if cmd and not args:
+        example = "python train.py" if name == "trace" else "python client.py"
+        raise CommandError(f"--cmd needs a command after `--`: whyprobe {name} --cmd -- {example}")
+    if args and not cmd:
+        raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
+    if sum((bool(pid), cmd, all_procs)) > 1:
+        raise CommandError("Choose one of --pid, --cmd or --all" if name == "trace" else "Choose one of --pid or --cmd")
+    if not can_trace():
+        raise CommandError(f"whyprobe {name} needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
+    check_pids(pid)
