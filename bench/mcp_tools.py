@@ -76,7 +76,7 @@ def main() -> None:
         make_db(db, a.events)
         print(f"generated {a.events} events in {time.perf_counter() - t:.1f} s: {db}")
     state = T.ServerState(db, SecuritySettings())
-    worst = 0.0
+    worst, cold_worst = 0.0, (0.0, "")
     for name, (fn, kwargs) in CALLS.items():
         times = []
         try:
@@ -90,8 +90,13 @@ def main() -> None:
         cold, warm = times[0], np.array(times[1:])
         p50, p99 = np.percentile(warm, 50), np.percentile(warm, 99)
         worst = max(worst, p99)
+        cold_worst = max(cold_worst, (cold, name))
         print(f"{name:28s} cold {cold:8.1f} ms   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
-    print(json.dumps({"bench": "mcp_tools", "value": round(worst, 3), "unit": "ms", "target": TARGET_MS, "ratio": round(worst / TARGET_MS, 3)}))
+    # The cold figure is a fresh server's first call without the start-up warm-up (the server
+    # warms the argument-free defaults in the background, and a call that arrives meanwhile
+    # waits for that result instead of computing it again).
+    print(json.dumps({"bench": "mcp_tools", "value": round(worst, 3), "unit": "ms", "target": TARGET_MS, "ratio": round(worst / TARGET_MS, 3),
+                      "cold_worst_ms": round(cold_worst[0], 1), "cold_worst_tool": cold_worst[1]}))
 
 
 if __name__ == "__main__":

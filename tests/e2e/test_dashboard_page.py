@@ -348,6 +348,8 @@ def test_dashboard_page_shows_finding_tool_calls_and_escapes_traced_text(browser
 def test_dashboard_page_zooms_the_timeline(browser: object, synthetic_server: DashboardServer) -> None:
     page, problems = load_page(browser, synthetic_server.url)
     try:
+        # the timeline is drawn after its own fetch: measure only once its bars are there
+        page.wait_for_selector("#timeline g.thread rect.ev")
         svg = page.locator("#timeline svg")
         box = svg.bounding_box()
         before = page.locator("#timeline g.thread").first.locator("rect.ev").count()

@@ -1,12 +1,16 @@
 """The explain engine on arrays: evidence layers, slow-call and gap attribution, findings.
 
-Input is an EVENT_COLUMNS array (what `TraceDB.load_events()` returns), so the
-batch `explain()` and the incremental `LiveExplainer` share all of it.
+Input is an EVENT_COLUMNS array (what `TraceDB.load_events()` returns) or an
+`EventColumns` (what `TraceDB.load_arrays()` returns: the same columns and selections,
+without the wide record copies), so the batch `explain()` and the incremental
+`LiveExplainer` share all of it. Code here reads columns and selects rows; it never
+iterates records.
 
 Tails: per op, exact quantiles; a call is slow above min(p99, median + 5 MAD·1.4826)
 and at least twice the median. Each slow call's own interval, on its own thread,
 is split between evidence in priority order — sync_wait (a synchronizing call
-with earlier GPU work queued), preempted off-CPU, block I/O of its process while it sleeps,
+with earlier GPU work queued), preempted off-CPU (the preemptor named only for
+the CPU time it took, the rest of the interval blocker-less), block I/O of its process while it sleeps,
 network and syscalls of its thread, blocked off-CPU, cold start (first launch
 of a kernel function, first call/allocation of a process), on-CPU (the thread's
 scheduling is traced and it was not off-CPU) — the rest is `unknown`. Only the
@@ -110,6 +114,25 @@ def _io_while_blocked(io: np.ndarray, offcpu: OffCpu, off: np.ndarray) -> Layer:
     )
 
 
+def _preempted(offcpu: OffCpu, pre: np.ndarray) -> Layer:
+    """Preempted intervals: the preemptor is charged only the CPU time it took (it runs first,
+    right after the switch-out); the rest of the interval is off-CPU with no blocker named.
+    Where its run time is unknown (older traces), it is charged the whole interval."""
+    tid, start, end, who, cpu = offcpu.tid[pre], offcpu.start[pre], offcpu.end[pre], offcpu.preemptor[pre], offcpu.cpu[pre]
+    ran = offcpu.preemptor_ran[pre]
+    split = np.where(ran >= 0, start + ran, end)
+    rest = split < end
+    return Layer(
+        "off_cpu",
+        np.concatenate((tid, tid[rest])),
+        np.concatenate((start, split[rest])),
+        np.concatenate((split, end[rest])),
+        np.concatenate((who, _unknown(int(rest.sum())))),
+        _unknown(len(tid) + int(rest.sum())),
+        np.concatenate((cpu, cpu[rest])),
+    )
+
+
 def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], bool]) -> list[Layer]:
     """Host evidence in priority order: preempted, I/O, network, syscalls, blocked, on-CPU."""
     pre = offcpu.state == PREEMPTED
@@ -118,9 +141,7 @@ def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], b
     net = events[(events["source"] == int(Source.NET)) & (events["duration"] > 0)]
     tcp = events[(events["source"] == int(Source.TCP)) & (events["duration"] > 0)]
     sysc = events[(events["source"] == int(Source.SYSCALL)) & (events["duration"] > 0)]
-    layers = [
-        Layer("off_cpu", offcpu.tid[pre], offcpu.start[pre], offcpu.end[pre], offcpu.preemptor[pre], _unknown(int(pre.sum())), offcpu.cpu[pre]),
-    ]
+    layers = [_preempted(offcpu, pre)]
     layers.append(_io_while_blocked(io, offcpu, off))
     for kind, rows, by_pid in (("network", net, False), ("network", tcp, True), ("syscall", sysc, False)):
         key = _col(rows, "pid" if by_pid else "tid")
@@ -130,7 +151,7 @@ def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], b
     layers.append(Layer("off_cpu", offcpu.tid[off], offcpu.start[off], offcpu.end[off], offcpu.waker_tid[off], offcpu.waker_pid[off],
                         np.full(int(off.sum()), -1, np.int64)))
     cov = [(t, s, e) for t, (s, e) in offcpu.coverage().items()]
-    pids = {int(t): int(p) for t, p in zip(offcpu.tid.tolist(), offcpu.pid.tolist())}
+    pids = offcpu.pid_by_tid()
     cov = [(t, s, e) for t, s, e in cov if on_cpu_ok(pids[t])]
     ct = np.array([c[0] for c in cov], np.int64)
     layers.append(
@@ -210,12 +231,12 @@ class FirstCalls:
         out = np.zeros(len(targets), bool)
         launch = cudaops.member(targets, cudaops.LAUNCH)
         alloc = cudaops.member(targets, cudaops.ALLOC)
-        for i, r in enumerate(targets):
-            ts, pid = int(r["timestamp"]), int(r["pid"])
+        cols = zip(targets["timestamp"].tolist(), targets["pid"].tolist(), targets["source"].tolist(), targets["arg0"].tolist())
+        for i, (ts, pid, source, fn) in enumerate(cols):
             out[i] = (
                 self.call.get(pid) == ts
                 or (alloc[i] and self.alloc.get(pid) == ts)
-                or (launch[i] and self.launch.get((int(r["source"]), pid, int(r["arg0"]))) == ts)
+                or (launch[i] and self.launch.get((source, pid, fn)) == ts)
             )
         return out
 

@@ -26,7 +26,7 @@ from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.errors import StoreError, WhyprobeError
 from whyprobe.record.events import Source
-from whyprobe.store.reader import TraceDB
+from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]
 
@@ -92,7 +92,7 @@ _EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0",
 _HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
 
 
-def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
+def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> EventColumns:
     """The events explain needs (unordered): calls, plus the evidence of the threads and
     processes that make them, read in ONE scan of the table (most of it is needed, and a
     scan is several times cheaper than index lookups plus a sort; `+source` keeps SQLite
@@ -105,8 +105,9 @@ def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
         span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
     sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *_HOST_SOURCES)
     marks = ", ".join("?" * len(sources))
-    rows = db.load_columns(_EVIDENCE_COLS, f"+source IN ({marks}){span}", (*sources, *args), ordered=False)
-    # One mask, one copy: masking the wide record array per kind costs more than the analysis.
+    # Only degraded (Ingero) off-CPU rows take their CPU from the cpu column; ours use arg2.
+    cols = _EVIDENCE_COLS if degraded else tuple(c for c in _EVIDENCE_COLS if c != "cpu")
+    rows = db.load_arrays(cols, f"+source IN ({marks}){span}", (*sources, *args))
     source, tid = rows["source"], rows["tid"]
     is_call = np.isin(source, TAIL_SOURCES)
     tids, pids = np.unique(tid[is_call]), np.unique(rows["pid"][is_call])
@@ -115,7 +116,7 @@ def _load(db: TraceDB, start: int, end: int, whole: bool) -> np.ndarray:
     by_pid = (source == int(Source.IO)) | (source == int(Source.TCP))
     by_tid = (source == int(Source.NET)) | (source == int(Source.SYSCALL))
     host = (by_pid & np.isin(rows["pid"], pids)) | (by_tid & mine)
-    return rows[is_call | sched | host]
+    return rows[is_call | sched | host].compact()
 
 
 def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
@@ -123,7 +124,7 @@ def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> First
     if whole_trace:
         firsts.learn(gpu_calls)
     else:
-        firsts.learn(db.load_columns(_CALL_COLS, "source IN (?, ?)", cudaops.GPU_SOURCES))
+        firsts.learn(db.load_arrays(_CALL_COLS, "source IN (?, ?)", cudaops.GPU_SOURCES))
     return firsts
 
 
@@ -159,8 +160,8 @@ def explain(
     if first is None or end <= start:
         return doc
     whole = (since_ns is None or since_ns <= first) and (until_ns is None or until_ns > (last or 0))
-    events = _load(db, start, end, whole)
     degraded = db.flavor == "ingero" or not db.has("events", "aux")
+    events = _load(db, start, end, whole, degraded)
     if degraded:
         doc["notes"].append(INGERO_NOTE)
     names = _names(db)

@@ -116,16 +116,27 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
     return out
 
 
+def _by_op(calls) -> list[tuple[int, int, np.ndarray]]:
+    """(source, op, ascending row indices) per distinct (source, op), in (source, op) order.
+    Two hash-based passes: np.unique(axis=0) sorts a row view and costs more than the analysis."""
+    out = []
+    src, ops = calls["source"], calls["op"]
+    for source in np.unique(src).tolist():
+        of_source = np.flatnonzero(src == source)
+        mine = ops[of_source]
+        for op in np.unique(mine).tolist():
+            out.append((source, op, of_source[mine == op]))
+    return out
+
+
 def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: str | None) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Per op: quantiles and the slow set; one group per (op, thread) with slow calls.
     Returns (groups, slow call indices into `calls`, group of each)."""
     groups, slow_idx, slow_group = [], [], []
-    keys = np.stack([calls["source"], calls["op"]], axis=1) if len(calls) else np.zeros((0, 2), np.int64)
-    for source, op in np.unique(keys, axis=0).tolist() if len(calls) else []:
+    for source, op, in_op in _by_op(calls):
         name = ctx.op(source, op)
         if only_op is not None and name != only_op:
             continue
-        in_op = np.flatnonzero((calls["source"] == source) & (calls["op"] == op))
         d = calls["duration"][in_op]
         p50, p99, p999 = engine.quantiles(d)
         threshold = engine.slow_threshold(d)

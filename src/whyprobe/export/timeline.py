@@ -167,14 +167,16 @@ def build_timeline(db: TraceDB, *, min_duration_ns: int = 0) -> Timeline:
         name = names.get((source, op)) or op_name(source, op)
         args: dict[str, ScalarArg] = {"event_id": eid}
         if category == "off-CPU" and whyprobe:
+            preempted = bool(flags & F_PREEMPTED)
+            waker = 0 if preempted else aux  # preempted rows carry the preemptor's run time in aux
             args.update(
                 prev_state=arg0,
-                preempted=bool(flags & F_PREEMPTED),
+                preempted=preempted,
                 preemptor_tid=arg1,
                 preemptor=_comm(arg1, thread_names, process_names),
-                waker_tid=aux,
+                waker_tid=waker,
                 waker_pid=ret,
-                waker=_comm(aux, thread_names, process_names) if aux else "unknown",
+                waker=_comm(waker, thread_names, process_names) if waker else "unknown",
                 cpu=arg2,
             )
         elif category == "block I/O":

@@ -5,8 +5,9 @@ Record semantics are documented at the top of each .bpf.c; the ones other
 modules rely on:
 
 * HOST/sched_switch: ts = switch-out, duration = off-CPU ns, arg0 = prev_state,
-  arg1 = tid that took the CPU, arg2 = CPU, aux = waker tid (0 unknown),
-  ret = waker pid, F_PREEMPTED = still runnable when switched out.
+  arg1 = tid that took the CPU, arg2 = CPU, ret = waker pid, F_PREEMPTED =
+  still runnable when switched out; aux = waker tid when blocked, ns the arg1
+  thread ran during the interval when preempted (0 unknown in both).
 * HOST/process_fork|exec|exit: fork arg0 = child pid; exec payloads PATH and
   ARGV; exit ret = exit status (-signal when killed), arg0 = raw exit_code.
 * IO/block_*: ts = issue, duration = issue->completion, arg0 = bytes,
@@ -58,13 +59,17 @@ def _chosen(prog: str, names: set[str], btf: bool) -> bool:
     return True
 
 
-def _load_and_attach(probes: ProbeSet, name: str, **rodata: int) -> BpfObject:
+def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str] = (), **rodata: int) -> BpfObject:
+    """Load one of each tp_btf/raw_tp pair; maps only the raw_tp programs use shrink to one entry under tp_btf."""
     obj = probes.open(name)
     names = set(obj.program_names())
     btf = caps.can("tp_btf")
     enabled = [p for p in sorted(names) if _chosen(p, names, btf)]
     for p in names:
         obj.set_autoload(p, p in enabled)
+    if btf:
+        for m in raw_only_maps:
+            obj.resize_map(m, 1)
     if rodata:
         obj.set_rodata(**rodata)
     obj.load()
@@ -162,7 +167,7 @@ class SchedFamily:
         self.obj: BpfObject | None = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        self.obj = _load_and_attach(probes, "sched", min_offcpu_ns=self.min_offcpu_ns)
+        self.obj = _load_and_attach(probes, "sched", raw_only_maps=("offcpu_tid",), min_offcpu_ns=self.min_offcpu_ns)
         return [] if caps.can("tp_btf") else ["sched: BTF tracepoints unavailable, using raw tracepoints"]
 
     def on_batch(self, records: np.ndarray) -> None:

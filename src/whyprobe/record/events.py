@@ -116,8 +116,11 @@ def _ops(source: Source, rows: list[tuple[int, str, str]]) -> list[OpInfo]:
 
 
 # For sched_switch: ts_ns = switch-out, duration_ns = off-CPU time, arg0 = prev_state,
-# arg1 = tid that took the CPU, arg2 = CPU switched out on, aux = waker tid (0 = unknown),
-# ret = waker pid; F_PREEMPTED set when the thread was still runnable.
+# arg1 = tid that took the CPU, arg2 = CPU switched out on, ret = waker pid;
+# F_PREEMPTED set when the thread was still runnable. aux = waker tid when blocked,
+# and when preempted the ns the arg1 thread ran during the interval (its
+# sum_exec_runtime growth, wherever it ran; may exceed the interval by the few us
+# of scheduler path between clocks); 0 = unknown in both cases.
 OPS: list[OpInfo] = (
     _ops(
         Source.CUDA,

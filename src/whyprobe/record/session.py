@@ -454,7 +454,7 @@ class TraceSession:
         threads, procs = [], []
         for i in new:
             tid, pid = int(records["tid"][i]), int(records["pid"][i])
-            comm = records["comm"][i].split(b"\0")[0].decode(errors="replace")
+            comm = records["comm"][i].split(b"\0")[0].decode(errors="replace") or _thread_comm(pid, tid)
             self._seen_tids.add(tid)
             threads.append((tid, pid, comm, now))
             if pid not in self._seen_pids:
@@ -471,6 +471,15 @@ class TraceSession:
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now
         self._snapshot = Snapshot(now - self._started, tuple(sorted(self._pids)), ops, self._records_seen, drops, tuple(self.warnings))
+
+
+def _thread_comm(pid: int, tid: int) -> str:
+    """A thread's name from /proc, for records that carry none (CUDA events name a thread in its first record only)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode(errors="replace")
+    except OSError:  # gone: the name is unknown
+        return ""
 
 
 def _process_row(pid: int, comm: str, now: int) -> tuple:

@@ -25,25 +25,49 @@ const char *wp_db_filename(sqlite3 *db)
 	return sqlite3_db_filename(db, "main");
 }
 
-/* Run `sql` (an INSERT with ncols parameters) once per row of a row-major buffer. */
-int wp_insert_i64(sqlite3 *db, const char *sql, const int64_t *data, int64_t nrows, int ncols, char *err, int errlen)
+static int bind_step(sqlite3_stmt *st, const int64_t *vals, int n)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	int rc;
 
+	for (int c = 0; c < n; c++)
+		sqlite3_bind_int64(st, c + 1, vals[c]);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc;
+}
+
+/* Insert the rows of a row-major buffer: `many` rows per step of `sql_many`
+ * (an INSERT of `many` VALUES tuples, ncols parameters each; one step per row
+ * costs ~1/3 more CPU), the remainder one per step of `sql_one`. */
+int wp_insert_i64(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
+		  char *err, int errlen)
+{
+	sqlite3_stmt *sm = NULL, *s1 = NULL;
+	int64_t i = 0;
+	int rc;
+
+	if (many > 1 && nrows >= many) {
+		rc = sqlite3_prepare_v2(db, sql_many, -1, &sm, NULL);
+		if (rc != SQLITE_OK)
+			return fail(db, NULL, rc, err, errlen);
+		for (; i + many <= nrows; i += many) {
+			rc = bind_step(sm, data + i * ncols, many * ncols);
+			if (rc != SQLITE_DONE)
+				return fail(db, sm, rc, err, errlen);
+		}
+		sqlite3_finalize(sm);
+	}
+	if (i == nrows)
+		return SQLITE_OK;
+	rc = sqlite3_prepare_v2(db, sql_one, -1, &s1, NULL);
 	if (rc != SQLITE_OK)
 		return fail(db, NULL, rc, err, errlen);
-	for (int64_t i = 0; i < nrows; i++) {
-		const int64_t *row = data + i * ncols;
-
-		for (int c = 0; c < ncols; c++)
-			sqlite3_bind_int64(st, c + 1, row[c]);
-		rc = sqlite3_step(st);
+	for (; i < nrows; i++) {
+		rc = bind_step(s1, data + i * ncols, ncols);
 		if (rc != SQLITE_DONE)
-			return fail(db, st, rc, err, errlen);
-		sqlite3_reset(st);
+			return fail(db, s1, rc, err, errlen);
 	}
-	sqlite3_finalize(st);
+	sqlite3_finalize(s1);
 	return SQLITE_OK;
 }
 

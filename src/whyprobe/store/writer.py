@@ -288,6 +288,8 @@ class Writer:
         self.queue_drops = 0
         self.events_written = 0
         self.pruned = 0
+        # Seconds close() spent building the deferred indexes (bench/ingest.py reports ingest without them).
+        self.index_build_s = 0.0
         self._newest_ts: int | None = None
         self._items: collections.deque = collections.deque()
         self._wake = threading.Event()
@@ -377,7 +379,9 @@ class Writer:
                 (time.time_ns(), self.queue_drops, self.session_id),
             )
             if self._deferred:
+                t0 = time.perf_counter()
                 self._conn.executescript(schema.TABLES)
+                self.index_build_s = time.perf_counter() - t0
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             self._error = self._error or exc
