@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -226,15 +225,14 @@ def test_fleet_query_merges_and_names_failed_node(token_server, monkeypatch: pyt
     assert "all 1 node(s) failed" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("npx") is None, reason="npx not installed")
 def test_inspector_cli_over_stdio(data: Path, tmp_path: Path) -> None:
-    # --no-install: use an inspector already in the npm cache/node_modules; skip rather than download in a test
+    # The inspector is pinned in tests/node (installed by `make test`); --no-install: never download here.
+    node = Path(__file__).resolve().parents[1] / "node"
+    if not (node / "node_modules/@modelcontextprotocol/inspector").is_dir():
+        pytest.fail("tests/node/node_modules lacks @modelcontextprotocol/inspector: run `make test` (npm ci --prefix tests/node)")
     cmd = ["npx", "--no-install", "@modelcontextprotocol/inspector", "--cli", PY, "-m", "whyprobe", "mcp",
            "--db", str(data / "sample-cluster.db"), "--audit", str(tmp_path / "a.sqlite"),
            "--method", "tools/call", "--tool-name", "run_sql", "--tool-arg", "sql=SELECT COUNT(*) AS n FROM events"]
-    where = Path(os.environ.get("WHYPROBE_INSPECTOR_DIR", "/tmp/insp"))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=where if where.is_dir() else None)
-    if r.returncode != 0 and "could not determine executable" in r.stderr + r.stdout:
-        pytest.skip("inspector not installed (npm install @modelcontextprotocol/inspector)")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=node)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["structuredContent"]["rows"] == [[600]]
