@@ -97,6 +97,12 @@ static __always_inline struct wp_event *wp_reserve(void)
 	if (!wp_rate_ok(slot))
 		return NULL;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	/* A reservation can fail with the ring far from full: since 6.15 the ring's lock
+	 * is a resilient spinlock that gives up on a contention timeout (seen under vCPU
+	 * preemption) or on re-entry from an interrupt on the same CPU. One retry
+	 * recovers the former; what still fails is counted below. */
+	if (!e)
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		__sync_fetch_and_add(&wp_drops[slot], 1);
 		return NULL;
