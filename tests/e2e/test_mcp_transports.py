@@ -236,3 +236,13 @@ def test_inspector_cli_over_stdio(data: Path, tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=node)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["structuredContent"]["rows"] == [[600]]
+
+
+def test_get_check_reports_the_same_readiness_as_the_cli() -> None:
+    # The MCP view of `check` is the CLI's report: kernel capabilities, CUDA libraries, GPU.
+    from whyprobe.readiness import readiness_report
+    from whyprobe.server.tools import get_check_tool
+
+    result = get_check_tool(None)
+    assert result.data == readiness_report()
+    assert f"can_trace={readiness_report()['can_trace']}" in result.summary

@@ -183,12 +183,14 @@ def _op_ids(db: TraceDB, op: str) -> list[tuple[int, int]]:
 
 
 def get_check_tool(state: ServerState) -> ToolResult:
-    report = _wrap_engine(_engine("whyprobe.kernel.caps", "check_report"))
-    caps = report.get("capabilities", {})
+    report = _wrap_engine(_engine("whyprobe.readiness", "readiness_report"))
+    caps = report["kernel"].get("capabilities", {})
     ok = sorted(k for k, v in caps.items() if v.get("ok"))
+    libs = report["cuda"].get("libraries", [])
     summary = (
-        f"kernel {report.get('kernel')}: can_trace={report.get('can_trace')}; "
-        f"{len(ok)}/{len(caps)} capabilities work; {len(report.get('problems', []))} problem(s)"
+        f"kernel {report['kernel'].get('kernel')}: can_trace={report.get('can_trace')}; "
+        f"{len(ok)}/{len(caps)} program/attach types work ({', '.join(ok)}); {len(libs)} CUDA librar{'y' if len(libs) == 1 else 'ies'} found; "
+        f"GPU driver: {report['gpu'].get('driver') or 'none'}; {len(report.get('problems', []))} problem(s)"
     )
     return ToolResult(summary, report, len(caps))
 
