@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config file."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on [HOST]:PORT while tracing."),
         explain: bool = typer.Option(False, "--explain", help="Explain the trace live and print findings at the end."),
+        serve: Optional[str] = typer.Option(None, "--serve", help="Serve the trace being recorded over MCP (streamable HTTP) on HOST:PORT."),
         args: List[str] = typer.Argument(None, help="The command to launch (after --cmd --)."),
     ) -> None:
         """Record CUDA calls and kernel evidence of processes into a SQLite trace.
@@ -99,6 +100,10 @@ def register(app: typer.Typer) -> None:
             probes = ",".join(cfg.probes.families + (["custom"] if cfg.probes.uprobes or cfg.probes.tracepoints else []))
         check_targets(pid, cmd, args, "trace", all_procs=all_procs)
         check_out(out, force)
+        if serve:
+            from whyprobe.server.security import SecuritySettings, parse_bind, required_token
+
+            required_token(SecuritySettings(), parse_bind(serve)[0])  # refuse a tokenless public bind now, not later
         names, explicit = _family_names(probes, stack)
         from whyprobe import probes as registry
 
@@ -139,6 +144,7 @@ def register(app: typer.Typer) -> None:
             cfg=cfg,
             metrics=metrics,
             explain=explain,
+            serve=serve,
             warnings=warnings,
         )
 
@@ -195,6 +201,7 @@ def _run(
     cfg,
     metrics: Optional[str],
     explain: bool,
+    serve: Optional[str],
     warnings: list[str],
 ) -> None:
     import time
@@ -221,10 +228,20 @@ def _run(
     next_explain = time.monotonic() + 1.0
     stop_metrics = None
 
+    server = None
+
     def started(session, more: list[str]) -> None:
-        nonlocal stop_metrics
+        nonlocal stop_metrics, server
         if exporter is not None:
             stop_metrics = exporter.serve(metrics)
+        if serve:
+            # A separate read-only process over the live WAL database: the same server as
+            # `whyprobe mcp --http`, with its security rules, never slowing the drain.
+            import subprocess
+
+            server = subprocess.Popen([sys.executable, "-m", "whyprobe", "mcp", "--db", str(out), "--http", "--bind", serve])
+            if not quiet and not json_out:
+                stderr.print(f"Serving this trace over MCP at http://{serve}/mcp", highlight=False)
         if not quiet and not json_out:
             for w in warnings + more:
                 stderr.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
@@ -256,6 +273,9 @@ def _run(
     finally:
         if stop_metrics is not None:
             stop_metrics()
+        if server is not None:
+            server.terminate()
+            server.wait(10)
     summary, child_status = result.summary, result.command_status
 
     if cfg is not None and cfg.storage.backend == "duckdb":
