@@ -1,0 +1,40 @@
+"""`whyprobe spy` with no target: processes whose pipes carry JSON-RPC are found and enrolled by the kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from spy_peers import CLIENT, SERVER, jsonl
+
+pytestmark = pytest.mark.usefixtures("bpf_required")
+
+CALLS = 20
+
+
+def test_an_unnamed_stdio_pair_is_detected_and_captured(tmp_path: Path) -> None:
+    # GIVEN spy watching the whole host, with no --pid or --cmd
+    spy = subprocess.Popen(
+        [sys.executable, "-m", "whyprobe", "spy", "--quiet", "--json", "--duration", "10s", "--jsonl", str(tmp_path / "s.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(4)  # probes loaded and attached
+    assert spy.poll() is None, spy.stderr.read()
+    # WHEN an SDK client and its stdio server, started outside whyprobe, make 20 tool calls
+    ref_path = tmp_path / "ref.json"
+    subprocess.run([*CLIENT, str(ref_path), "stdio", str(CALLS), "10", "--", *SERVER], check=True, timeout=60)
+    out, err = spy.communicate(timeout=60)
+    assert spy.returncode == 0, err
+    # THEN every call and its response were captured, paired, from both processes
+    msgs = jsonl(tmp_path / "s.jsonl")
+    ref = json.loads(ref_path.read_text())
+    calls = [m for m in msgs if m["kind"] == "request" and m["method"] == "tools/call"]
+    assert [m["tool_name"] for m in calls] == [r["tool"] for r in ref if r["method"] == "tools/call"]
+    answered = {m["request_id"] for m in msgs if m["kind"] in ("response", "error") and m.get("request_id")}
+    assert {m["id"] for m in calls} <= answered
+    assert all(m["sender_pid"] and m["receiver_pid"] for m in calls)
+    assert json.loads(out.strip().splitlines()[-1])["tool_calls"] == CALLS
