@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+from playwright.sync_api import expect
 import pytest
 
 from whyprobe.commands import main
@@ -361,12 +362,13 @@ def test_dashboard_page_zooms_the_timeline(browser: object, synthetic_server: Da
             page.mouse.up()
         zoomed = resp.value.json()
         assert 0 < zoomed["span_ns"] < 608_000_000
-        page.wait_for_function("!document.getElementById('reset-zoom').disabled")
+        # expect() polls without eval: the page's CSP forbids the eval wait_for_function uses
+        expect(page.locator("#reset-zoom")).to_be_enabled()
         after = page.locator("#timeline g.thread").first.locator("rect.ev").count()
         assert after < before
         with page.expect_response(lambda r: "/api/timeline?" in r.url and "start=" not in r.url):
             page.click("#reset-zoom")
-        page.wait_for_function("document.getElementById('reset-zoom').disabled")
+        expect(page.locator("#reset-zoom")).to_be_disabled()
         assert problems == []
     finally:
         page.close()
