@@ -3,7 +3,6 @@ the fleet fan-out, start-up refusal, rate limiting, and the inspector CLI when n
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import socket
@@ -73,34 +72,15 @@ def token_server(data: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def tls_server(data: Path, tmp_path_factory: pytest.TempPathFactory):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    d = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+def tls_server(data: Path, tls_cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    cert, key = tls_cert
     port = free_port()
     proc = start(
-        ["--db", str(data / "pytorch-dataloader-starvation.db"), "--http", "--bind", f"127.0.0.1:{port}", "--audit", str(d / "a.sqlite"),
-         "--tls-cert", str(d / "cert.pem"), "--tls-key", str(d / "key.pem")],
+        ["--db", str(data / "pytorch-dataloader-starvation.db"), "--http", "--bind", f"127.0.0.1:{port}",
+         "--audit", str(tmp_path_factory.mktemp("tls-audit") / "a.sqlite"), "--tls-cert", str(cert), "--tls-key", str(key)],
         port, {k: v for k, v in os.environ.items() if k != "WHYPROBE_MCP_TOKEN"},
     )
-    yield port, d / "cert.pem"
+    yield port, cert
     stop(proc)
 
 

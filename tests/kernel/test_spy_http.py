@@ -7,9 +7,7 @@ probes and is named by its TCP connection, so the two processes' SSL* don't repo
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
-import ipaddress
 import json
 import shlex
 import sqlite3
@@ -27,32 +25,10 @@ BIG = 200_000  # the last call's argument: many TLS records, read back in many S
 PAIR = [PY, str(HERE / "spy_http_pair.py")]
 
 
-def self_signed(d) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(d / "cert.pem"), str(d / "key.pem")
-
-
 @pytest.fixture(scope="module")
-def spied(tmp_path_factory):
+def spied(tmp_path_factory, tls_cert):
     d = tmp_path_factory.mktemp("spyhttp")
-    cert, key = self_signed(d)
+    cert, key = (str(p) for p in tls_cert)
     script = (
         shlex.join([*PAIR, str(d / "ref-http.json"), str(CALLS), str(BIG)])
         + " && " + shlex.join([*PAIR, str(d / "ref-https.json"), str(CALLS), str(BIG), cert, key])

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import subprocess
 import threading
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -121,14 +119,9 @@ def test_socket_ends_share_a_connection_id(family: str) -> None:
     b.close()
 
 
-def test_tls_plaintext_is_captured_from_openssl(tmp_path: Path) -> None:
+def test_tls_plaintext_is_captured_from_openssl(tls_cert) -> None:
     # GIVEN a TLS server and client in this process (Python's ssl module links libssl)
-    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost"],
-        check=True, capture_output=True,
-    )
+    cert, key = tls_cert
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(cert, key)
     cctx = ssl.create_default_context(cafile=str(cert))
@@ -149,7 +142,7 @@ def test_tls_plaintext_is_captured_from_openssl(tmp_path: Path) -> None:
         assert fam.tls_libraries, "no libssl found to probe"
         t = threading.Thread(target=serve)
         t.start()
-        with cctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as c:
+        with cctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as c:
             c.sendall(MSG)
             c.recv(65536)
         t.join()
