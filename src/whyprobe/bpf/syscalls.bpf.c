@@ -9,7 +9,11 @@
  * executable file mmaps, unlink/unlinkat and rename/renameat/renameat2.
  * Paths and socket addresses follow as payload records with the same
  * (tid, ts_ns) (WP_F_HAS_PAYLOAD). exit/exit_group never return: counted at
- * entry with no latency. */
+ * entry with no latency.
+ *
+ * With `emit_all` (whyprobe footprint) every other syscall is emitted too, as a
+ * plain record (ts = entry, duration, ret, op = nr), so a tool call's window
+ * can count and time each syscall exactly. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -27,6 +31,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* 0 = also emit events for mmaps that are not PROT_EXEC (data files). */
 const volatile __u32 mmap_exec_only = 1;
+/* 1 = one record for every syscall, not only the telling ones. */
+const volatile __u32 emit_all = 0;
 
 struct start {
 	__u64 ts;
@@ -209,6 +215,19 @@ static __always_inline void emit_fd_name(__u64 id, __u64 ts, __s32 fd)
 	finish_payload(p, n > 0 ? n - 1 : 0);
 }
 
+static __always_inline void emit_plain(__u64 id, __u32 nr, __u64 ts, __u64 dur, __s64 ret)
+{
+	struct wp_event *e = wp_reserve();
+
+	if (!e)
+		return;
+	wp_fill(e, WP_SRC_SYSCALL, nr, id);
+	e->ts_ns = ts;
+	e->duration_ns = dur;
+	e->ret = ret;
+	wp_submit_event(e);
+}
+
 static __always_inline void emit_event(__u64 id, struct start *s, __u64 now, __s64 ret)
 {
 	__u32 nr = s->nr;
@@ -316,6 +335,8 @@ int handle_sys_enter(struct trace_event_raw_sys_enter *ctx)
 	nr = ctx->id;
 	if (nr == NR_EXIT || nr == NR_EXIT_GROUP) {
 		account(id, nr, 0, 0, false);
+		if (emit_all)
+			emit_plain(id, nr, bpf_ktime_get_ns(), 0, 0);
 		return 0;
 	}
 	s.nr = nr;
@@ -348,6 +369,8 @@ int handle_sys_exit(struct trace_event_raw_sys_exit *ctx)
 	account(id, s->nr, now - s->ts, ret, true);
 	if (wants_event(s->nr, s->args))
 		emit_event(id, s, now, ret);
+	else if (emit_all)
+		emit_plain(id, s->nr, s->ts, now - s->ts, ret);
 	bpf_map_delete_elem(&starts, &id);
 	return 0;
 }

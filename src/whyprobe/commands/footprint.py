@@ -69,7 +69,6 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.probes.cuda import CudaFamily
-    from whyprobe.probes.footprint import FootprintFamily
     from whyprobe.probes.host import BlockFamily, ProcFamily, SchedFamily, SyscallsFamily
     from whyprobe.record.capture import capture, remove_db, session_argv
     from whyprobe.record.session import TraceOptions
@@ -80,7 +79,7 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
         remove_db(out)
     recorder = WireRecorder(max_message_bytes=cap, tls=tls, ignore_pids={os.getpid()})
     # CUDA libraries a server maps (now or by dlopen) are attached by the family's maps rescan.
-    families = [ProcFamily(), SchedFamily(), SyscallsFamily(), FootprintFamily(), BlockFamily(), CudaFamily([]), recorder]
+    families = [ProcFamily(), SchedFamily(), SyscallsFamily(emit_all=True), BlockFamily(), CudaFamily([]), recorder]
     options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
     try:
         result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)

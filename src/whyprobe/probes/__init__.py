@@ -23,7 +23,6 @@ REGISTRY = {
     "stacks": "whyprobe.probes.stacks",
     "wire": "whyprobe.probes.wire",
     "custom": "whyprobe.probes.custom",
-    "footprint": "whyprobe.probes.footprint",
 }
 
 

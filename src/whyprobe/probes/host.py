@@ -383,12 +383,14 @@ class SyscallsFamily:
 
     name = "syscalls"
 
-    def __init__(self, *, mmap_exec_only: bool = True) -> None:
+    def __init__(self, *, mmap_exec_only: bool = True, emit_all: bool = False) -> None:
         self.mmap_exec_only = mmap_exec_only
+        # Every syscall as its own event (footprint: exact counts and time per tool-call window).
+        self.emit_all = emit_all
         self.obj: BpfObject | None = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        self.obj = _load_and_attach(probes, "syscalls", mmap_exec_only=int(self.mmap_exec_only))
+        self.obj = _load_and_attach(probes, "syscalls", mmap_exec_only=int(self.mmap_exec_only), emit_all=int(self.emit_all))
         return []
 
     def on_batch(self, records: np.ndarray) -> None:
