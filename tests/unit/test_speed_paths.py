@@ -55,14 +55,14 @@ def test_event_columns_select_like_the_record_array():
 
 
 def _record_load(db, start: int, end: int, whole: bool, degraded: bool = False) -> np.ndarray:
-    """explain's loader as it was: every column into one record array, masked once."""
+    """explain's loader as it was: every column into one record array (load_events), masked once."""
     if whole:
         span, args = "", ()
     else:
         margin = E._scalar(db, "SELECT MAX(duration) FROM events") or 0
         span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
     sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *E._HOST_SOURCES)
-    rows = db.load_columns(E._EVIDENCE_COLS, f"+source IN ({', '.join('?' * len(sources))}){span}", (*sources, *args), ordered=False)
+    rows = db.load_events(f"+source IN ({', '.join('?' * len(sources))}){span}", (*sources, *args))
     source, tid = rows["source"], rows["tid"]
     is_call = np.isin(source, TAIL_SOURCES)
     mine = np.isin(tid, np.unique(tid[is_call]))

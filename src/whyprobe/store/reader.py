@@ -48,7 +48,7 @@ class EventColumns:
     keeps only row indices and gathers a column when it is first read. Filtering a
     million wide records copies 120 bytes a row each time; this copies 8 bytes a row
     per column the caller actually reads. Columns that were not loaded read as their
-    neutral default (cpu -1, everything else 0), like `load_columns`.
+    neutral default (cpu -1, everything else 0).
     """
 
     __slots__ = ("_base", "_rows", "_idx", "_cache")
@@ -127,26 +127,9 @@ class TraceDB:
             data = np.array(rows, dtype=np.int64).reshape(len(rows), len(cols))
         return np.ascontiguousarray(data).view(EVENT_COLUMNS).reshape(-1)
 
-    def load_columns(self, columns: tuple[str, ...], where: str = "", params: tuple = (), ordered: bool = True) -> np.ndarray:
-        """Like load_events, but fetches only `columns` (the rest keep neutral defaults): fewer
-        values to convert is what makes loading a million rows fast. `ordered=False` skips the
-        ORDER BY (a temp B-tree over the whole result) for callers that sort in numpy."""
-        have = self.columns.get("events", frozenset())
-        wanted = [c for c in columns if c in have or c == "id"]
-        exprs = ["rowid" if c == "id" else f"COALESCE({c}, {_DEFAULTS.get(c, '0')})" for c in wanted]
-        sql = f"SELECT {', '.join(exprs)} FROM events" + (f" WHERE {where}" if where else "") + (" ORDER BY timestamp" if ordered else "")
-        data = fastsql.select_i64(self.conn, sql, params, len(wanted))
-        if data is None:
-            rows = self.conn.execute(sql, params).fetchall()
-            data = np.array(rows, dtype=np.int64).reshape(len(rows), len(wanted))
-        out = np.zeros(len(data), EVENT_COLUMNS)
-        out["cpu"] = -1
-        for i, name in enumerate(wanted):
-            out[name] = data[:, i]
-        return out
-
     def load_arrays(self, columns: tuple[str, ...], where: str = "", params: tuple = ()) -> EventColumns:
-        """Like load_columns(ordered=False), as an EventColumns: no copy into a record array."""
+        """Only `columns` of the matching events, unordered, as an EventColumns (one int64 array
+        per column, no copy into a record array): what makes loading a million rows fast."""
         have = self.columns.get("events", frozenset())
         wanted = [c for c in columns if c in have or c == "id"]
         # The C path reads NULL as 0, so only columns whose default is not 0 need COALESCE there.
