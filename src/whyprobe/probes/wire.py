@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from whyprobe.kernel.elfsym import resolve
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.libs import ldconfig_cache, mapped_files
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,17 @@ SSL_BINDING = {
 BIO_BINDING = {"BIO_write": "handle_bio_write"}  # libcrypto, or the executable that carries OpenSSL
 
 
-def _mapped_files(pid: int) -> set[str]:
-    files = set()
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].startswith("/"):
-                    files.add(parts[5].strip())
-    except OSError:
-        pass
-    return files
-
-
-def _system_libs(stem: str) -> list[str]:
-    try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return []
-    return [line.split("=>")[-1].strip() for line in out.splitlines() if stem in line and "=>" in line]
-
-
 def tls_candidates(pids: list[int], stem: str = "libssl.so") -> list[str]:
     """Files that may hold OpenSSL for these processes: their `stem` maps (libssl, libcrypto), the
     system's, and their executables (node links OpenSSL statically)."""
     found: list[str] = []
     for pid in pids:
-        maps = _mapped_files(pid)
-        found += [f for f in maps if stem in Path(f).name]
+        found += [f for f in mapped_files(pid) if stem in Path(f).name]
         try:
             found.append(str(Path(f"/proc/{pid}/exe").resolve()))
         except OSError:
             pass
-    found += _system_libs(stem)
+    found += [path for soname, path in ldconfig_cache() if stem in soname]
     # One path per file: libssl.so and libssl.so.3 are often the same file.
     return list(dict.fromkeys(os.path.realpath(p) for p in found if Path(p).exists()))
 
