@@ -38,12 +38,22 @@ struct {
 	__uint(max_entries, 1 << 22);
 } payloads SEC(".maps");
 
-/* tgids being traced -> 1. Children are added by the fork tracepoint. */
+/* The traced tgids: one byte per pid (1 = traced) in the single value of an
+ * array. The JIT inlines an array lookup, where the hash this replaced cost
+ * ~20 ns on every context switch and wake-up of the host. Bytes are only ever
+ * stored, never read-modify-written: user space writes them through mmap
+ * (kernel/loader.py), the fork/exit/sniff programs with plain stores, so the
+ * two sides cannot undo each other. Children are added by the fork tracepoint. */
+struct wp_pidset {
+	__u8 traced[WP_PID_LIMIT];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, struct wp_pidset);
 } targets SEC(".maps");
 
 struct {
@@ -58,11 +68,34 @@ static __always_inline __u32 wp_cpu_slot(void)
 	return bpf_get_smp_processor_id() & (WP_MAX_CPUS - 1);
 }
 
+static __always_inline __u8 *wp_pid_slot(__u32 tgid)
+{
+	__u32 zero = 0;
+	struct wp_pidset *set = bpf_map_lookup_elem(&targets, &zero);
+
+	if (!set)
+		return NULL;
+	/* A mask rather than a compare: clang may test a copy of tgid and leave the
+	 * index unbounded for the verifier. Pids never reach WP_PID_LIMIT. */
+	return &set->traced[tgid & (WP_PID_LIMIT - 1)];
+}
+
 static __always_inline bool wp_traced(__u32 tgid)
 {
+	__u8 *slot;
+
 	if (trace_all)
 		return true;
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	slot = wp_pid_slot(tgid);
+	return slot && *slot;
+}
+
+static __always_inline void wp_set_traced(__u32 tgid, __u8 traced)
+{
+	__u8 *slot = wp_pid_slot(tgid);
+
+	if (slot)
+		*slot = traced;
 }
 
 /* Per-CPU one-second windows, each CPU allowed its share of the budget. */
@@ -97,12 +130,6 @@ static __always_inline struct wp_event *wp_reserve(void)
 	if (!wp_rate_ok(slot))
 		return NULL;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	/* A reservation can fail with the ring far from full: since 6.15 the ring's lock
-	 * is a resilient spinlock that gives up on a contention timeout (seen under vCPU
-	 * preemption) or on re-entry from an interrupt on the same CPU. One retry
-	 * recovers the former; what still fails is counted below. */
-	if (!e)
-		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		__sync_fetch_and_add(&wp_drops[slot], 1);
 		return NULL;

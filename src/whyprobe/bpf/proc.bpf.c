@@ -25,13 +25,12 @@ static __always_inline void on_fork(struct task_struct *parent, struct task_stru
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
-	__u8 one = 1;
 	struct wp_event *e;
 
 	if (ctgid == ptgid || !wp_traced(ptgid))
 		return;
 	if (!trace_all)
-		bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY);
+		wp_set_traced(ctgid, 1);
 	e = wp_reserve();
 	if (!e)
 		return;
@@ -114,7 +113,7 @@ static __always_inline void on_exit(struct task_struct *task, bool group_dead)
 		wp_submit_event(e);
 	}
 	if (!trace_all)
-		bpf_map_delete_elem(&targets, &tgid);
+		wp_set_traced(tgid, 0);
 }
 
 SEC("tp_btf/sched_process_fork")

@@ -14,8 +14,9 @@
  * switch-in, wherever it ran; 0 = unknown, e.g. it exited meanwhile).
  *
  * Cost: every context switch of the host runs sched_switch, every wake-up
- * sched_waking. For untraced threads the work is one `targets` lookup (prev)
- * and task-storage gets that find nothing (next, the woken task).
+ * sched_waking. For untraced threads the work is a byte of the pid set per
+ * task involved (an inlined array lookup); task storage and the interval
+ * hash are touched only for traced tgids.
  *
  * Each program exists as tp_btf (preferred: BTF pointers, interval state in
  * task storage) and raw_tp (alternate: no trusted pointer to `next`, so the
@@ -44,7 +45,7 @@ struct offcpu {
 	__u32 waker_tid;
 	__u32 waker_pid;
 	__u32 preempted;
-	__u32 pad;
+	__u32 named; /* tp_btf: the thread's comm went into a record already */
 };
 
 struct name {
@@ -99,19 +100,22 @@ static __always_inline void switch_out(struct offcpu *o, bool preempt, struct ta
 {
 	o->ts = now;
 	o->prev_state = prev_state;
-	o->cgroup_id = bpf_get_current_cgroup_id(); /* current is still prev here */
+	/* current is still prev here. Read once per thread under tp_btf (task
+	 * storage persists), like the CUDA probes: the helper is ~20 ns a switch. */
+	if (!o->cgroup_id)
+		o->cgroup_id = bpf_get_current_cgroup_id();
 	o->preemptor = next_tid;
 	o->cpu = bpf_get_smp_processor_id();
 	o->waker_tid = o->waker_pid = 0;
 	o->preempted = prev_state == 0 || preempt;
 	o->preemptor_task = 0;
-	if (!next_tid)
+	/* Only a preemptor is blamed (a blocked thread's blocker is its waker), so
+	 * only a preemptor needs a name. */
+	if (!next_tid || !o->preempted)
 		return;
-	if (o->preempted) {
-		/* next is not running: its runtime is up to date at this switch. */
-		o->preemptor_task = (__u64)next;
-		o->preemptor_runtime = BPF_CORE_READ(next, se.sum_exec_runtime);
-	}
+	/* next is not running: its runtime is up to date at this switch. */
+	o->preemptor_task = (__u64)next;
+	o->preemptor_runtime = BPF_CORE_READ(next, se.sum_exec_runtime);
 	remember_name(next, next_tid);
 }
 
@@ -155,7 +159,13 @@ static __always_inline void emit(struct offcpu *o, struct task_struct *next, __u
 	e->source = WP_SRC_HOST;
 	e->op = HOST_OP_SCHED_SWITCH;
 	e->flags = o->preempted ? WP_F_PREEMPTED : 0;
-	BPF_CORE_READ_STR_INTO(&e->comm, next, comm);
+	/* User space names a tid from its first record that carries a comm. */
+	if (!o->named) {
+		BPF_CORE_READ_STR_INTO(&e->comm, next, comm);
+		o->named = 1;
+	} else {
+		__builtin_memset(e->comm, 0, sizeof(e->comm));
+	}
 	wp_submit_event(e);
 }
 
@@ -188,6 +198,8 @@ int BPF_PROG(handle_sched_switch, bool preempt, struct task_struct *prev, struct
 			switch_out(o, preempt, next, next->pid, prev_state, now);
 		}
 	}
+	if (!wp_traced(next->tgid))
+		return 0;
 	o = bpf_task_storage_get(&offcpu_task, next, 0, 0);
 	if (o && o->ts) {
 		emit(o, next, next->tgid, next->pid, now ? now : bpf_ktime_get_ns());
@@ -199,8 +211,11 @@ int BPF_PROG(handle_sched_switch, bool preempt, struct task_struct *prev, struct
 SEC("tp_btf/sched_waking")
 int BPF_PROG(handle_sched_waking, struct task_struct *p)
 {
-	struct offcpu *o = bpf_task_storage_get(&offcpu_task, p, 0, 0);
+	struct offcpu *o;
 
+	if (!wp_traced(p->tgid))
+		return 0;
+	o = bpf_task_storage_get(&offcpu_task, p, 0, 0);
 	if (o)
 		note_waker(o);
 	return 0;
@@ -220,6 +235,8 @@ int BPF_PROG(handle_sched_switch_raw, bool preempt, struct task_struct *prev, st
 		switch_out(&fresh, preempt, next, next_tid, prev_state, now);
 		bpf_map_update_elem(&offcpu_tid, &prev_tid, &fresh, BPF_ANY);
 	}
+	if (!wp_traced(BPF_CORE_READ(next, tgid)))
+		return 0;
 	o = bpf_map_lookup_elem(&offcpu_tid, &next_tid);
 	if (o) {
 		emit(o, next, BPF_CORE_READ(next, tgid), next_tid, now ? now : bpf_ktime_get_ns());
@@ -232,8 +249,11 @@ SEC("raw_tp/sched_waking")
 int BPF_PROG(handle_sched_waking_raw, struct task_struct *p)
 {
 	__u32 tid = BPF_CORE_READ(p, pid);
-	struct offcpu *o = bpf_map_lookup_elem(&offcpu_tid, &tid);
+	struct offcpu *o;
 
+	if (!wp_traced(BPF_CORE_READ(p, tgid)))
+		return 0;
+	o = bpf_map_lookup_elem(&offcpu_tid, &tid);
 	if (o)
 		note_waker(o);
 	return 0;

@@ -7,6 +7,7 @@
 
 #define WP_COMM_LEN 16
 #define WP_MAX_CPUS 256
+#define WP_PID_LIMIT (1 << 22) /* PID_MAX_LIMIT on 64-bit: the largest pid_max can be */
 /* Largest data chunk of one payload record (MCP bytes, paths, argv). */
 #define WP_CHUNK_LEN 4096
 

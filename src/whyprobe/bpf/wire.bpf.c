@@ -355,11 +355,9 @@ static __always_inline int io_exit(__s64 ret)
 	if (transport == WP_PL_TCP && a->kind == WP_PL_READ)
 		note_tcp_read(a, id, ret, conn);
 	if (!wp_traced(tgid)) {
-		__u8 one = 1;
-
 		if (!looks_like_mcp(a->buf, a->iovcnt ? a->buf : 0, a->iovcnt))
 			goto out;
-		bpf_map_update_elem(&targets, &tgid, &one, BPF_NOEXIST);
+		wp_set_traced(tgid, 1);
 		transport |= WP_PL_SNIFFED;
 	}
 	capture(a, id, ret, conn, transport);

@@ -106,6 +106,7 @@ bpf_map_update_elem = _fn("bpf_map_update_elem", _int, _int, _vp, _vp, ct.c_uint
 bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 bpf_map_delete_elem = _fn("bpf_map_delete_elem", _int, _int, _vp)
 bpf_map_get_next_key = _fn("bpf_map_get_next_key", _int, _int, _vp, _vp)
+bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", _int, _int, _vp)
 btf__find_by_name_kind = _fn("btf__find_by_name_kind", ct.c_int32, _vp, _cp, _u32)
 btf__type_by_id = _fn("btf__type_by_id", _vp, _vp, _u32)
 btf__name_by_offset = _fn("btf__name_by_offset", _cp, _vp, _u32)
@@ -127,6 +128,27 @@ class _UprobeOpts(ct.Structure):
 
 class _TracepointOpts(ct.Structure):
     _fields_ = [("sz", _sz), ("bpf_cookie", ct.c_uint64)]
+
+
+class _TestRunOpts(ct.Structure):
+    # struct bpf_test_run_opts (bpf.h, libbpf 1.1)
+    _fields_ = [
+        ("sz", _sz),
+        ("data_in", _vp),
+        ("data_out", _vp),
+        ("data_size_in", _u32),
+        ("data_size_out", _u32),
+        ("ctx_in", _vp),
+        ("ctx_out", _vp),
+        ("ctx_size_in", _u32),
+        ("ctx_size_out", _u32),
+        ("retval", _u32),
+        ("repeat", _int),
+        ("duration", _u32),
+        ("flags", _u32),
+        ("cpu", _u32),
+        ("batch_size", _u32),
+    ]
 
 
 class _BtfType(ct.Structure):
@@ -406,6 +428,9 @@ class BpfObject:
     def map_fd(self, name: str) -> int:
         return _check_int(bpf_map__fd(self._map(name)), "map fd", name)
 
+    def map_value_size(self, name: str) -> int:
+        return bpf_map__value_size(self._map(name))
+
     def prog_fd(self, name: str) -> int:
         return _check_int(bpf_program__fd(self._prog(name)), "program fd", name)
 
@@ -418,6 +443,22 @@ class BpfObject:
         m = self._map(section)
         raw = map_lookup(bpf_map__fd(m), (0).to_bytes(4, "little"), bpf_map__value_size(m))
         return np.frombuffer(raw, dtype="<u8", count=sz // 8, offset=off).copy()
+
+    def test_run(self, prog: str, ctx: bytes = b"", repeat: int = 1) -> int:
+        """Run a loaded program once (or `repeat` times) via BPF_PROG_TEST_RUN; returns its return value.
+
+        repeat <= 1 is sent as 0 (the kernel runs that once too): raw_tp and
+        syscall programs refuse any other repeat.
+        """
+        buf = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
+        opts = _TestRunOpts(
+            sz=ct.sizeof(_TestRunOpts),
+            ctx_in=ct.addressof(buf) if buf is not None else None,
+            ctx_size_in=len(ctx),
+            repeat=repeat if repeat > 1 else 0,
+        )
+        _check_int(bpf_prog_test_run_opts(self.prog_fd(prog), ct.byref(opts)), "test run", prog)
+        return opts.retval
 
     def _keep(self, link: Link) -> Link:
         self._links.append(link)

@@ -8,11 +8,12 @@ the same configuration.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from typing import Iterable
 
-from whyprobe.kernel.libbpf import BpfObject, map_delete, map_update
+from whyprobe.kernel.libbpf import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -55,6 +56,7 @@ class ProbeSet:
         self.objects: list[BpfObject] = []
         self._shared: dict[str, int] = {}
         self._pending_targets: set[int] = set()
+        self._pidset: mmap.mmap | None = None
 
     def open(self, name: str) -> BpfObject:
         """Open <name>.bpf.o with shared maps and common config applied; caller loads and attaches."""
@@ -83,7 +85,10 @@ class ProbeSet:
         for m in SHARED_MAPS:
             if m not in self._shared and m in obj.map_names():
                 self._shared[m] = obj.map_fd(m)
-        if "targets" in self._shared and self._pending_targets:
+                if m == "targets":
+                    # One byte per tgid (common.bpf.h), written in place: no syscall per pid.
+                    self._pidset = mmap.mmap(obj.map_fd(m), obj.map_value_size(m), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        if self._pidset is not None and self._pending_targets:
             pending, self._pending_targets = self._pending_targets, set()
             self.add_targets(pending)
 
@@ -101,23 +106,31 @@ class ProbeSet:
         return self._fd("payloads")
 
     @property
-    def targets_fd(self) -> int:
-        return self._fd("targets")
-
-    @property
     def stacks_fd(self) -> int:
         return self._fd("stacks")
 
     def add_targets(self, pids: Iterable[int]) -> None:
-        if "targets" not in self._shared:
+        if self._pidset is None:
             self._pending_targets.update(int(p) for p in pids)
             return
         for pid in pids:
-            map_update(self._shared["targets"], int(pid).to_bytes(4, "little"), b"\x01")
+            self._pidset[self._pid_index(pid)] = 1
 
     def remove_target(self, pid: int) -> None:
-        if "targets" in self._shared:
-            map_delete(self._shared["targets"], int(pid).to_bytes(4, "little"))
+        self._pending_targets.discard(int(pid))
+        if self._pidset is not None:
+            self._pidset[self._pid_index(pid)] = 0
+
+    def is_target(self, pid: int) -> bool:
+        if self._pidset is None:
+            return int(pid) in self._pending_targets
+        return bool(self._pidset[self._pid_index(pid)])
+
+    def _pid_index(self, pid: int) -> int:
+        pid = int(pid)
+        if not 0 < pid < len(self._pidset):
+            raise ValueError(f"pid {pid} is outside 1..{len(self._pidset) - 1}")
+        return pid
 
     def drops(self) -> dict[str, int]:
         ring = rate = 0
@@ -137,6 +150,9 @@ class ProbeSet:
             obj.detach_all()
 
     def close(self) -> None:
+        if self._pidset is not None:
+            self._pidset.close()
+            self._pidset = None
         for obj in reversed(self.objects):
             obj.close()
         self.objects.clear()

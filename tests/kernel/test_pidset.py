@@ -1,0 +1,67 @@
+"""The in-kernel pid filter (a byte per tgid, common.bpf.h): user space and the fork/exit programs share it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from whyprobe.kernel.loader import ProbeSet
+from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.host import ProcFamily
+
+pytestmark = pytest.mark.usefixtures("bpf_required")
+
+# Waits for a line, forks a child that sleeps (alive while we look), prints its pid; at the next line it ends the child and exits.
+PARENT = (
+    "import os, signal, sys, time\n"
+    "sys.stdin.readline()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    time.sleep(60); os._exit(3)\n"
+    "print(pid, flush=True)\n"
+    "sys.stdin.readline(); os.kill(pid, signal.SIGTERM); os.waitpid(pid, 0)\n"
+)
+
+
+def _wait_for(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_fork_enrols_the_child_and_exit_removes_it() -> None:
+    with ProbeSet() as ps:
+        ProcFamily().attach(ps, TargetSpec(pids=[]))
+        proc = subprocess.Popen([sys.executable, "-c", PARENT],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            # GIVEN the parent enrolled from user space before it forks
+            ps.add_targets([proc.pid])
+            assert ps.is_target(proc.pid)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            child = int(proc.stdout.readline())
+            # THEN the fork program enrolled the child in the kernel, and an unrelated pid is not enrolled
+            assert ps.is_target(child)
+            assert not ps.is_target(child + 1)
+            # WHEN both exit
+            proc.stdin.write("x\n")
+            proc.stdin.flush()
+            assert proc.wait(10) == 0
+            # THEN the exit program took both out
+            assert _wait_for(lambda: not ps.is_target(child) and not ps.is_target(proc.pid))
+        finally:
+            proc.kill()
+
+
+def test_pids_outside_the_set_are_refused() -> None:
+    with ProbeSet() as ps:
+        ProcFamily().attach(ps, TargetSpec(pids=[]))
+        with pytest.raises(ValueError, match="outside"):
+            ps.add_targets([1 << 22])
