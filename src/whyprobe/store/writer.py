@@ -269,6 +269,9 @@ class Writer:
         except sqlite3.Error as exc:
             raise StoreError(f"Cannot write database: {self.path} ({exc})") from None
         try:
+            # Takes effect only on a new file: 64 KiB pages insert ~15 % more rows/s than
+            # the 4 KiB default (bench/ingest_sqlite.py), and readers mostly scan.
+            conn.execute("PRAGMA page_size = 65536")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA journal_size_limit = 67108864")
