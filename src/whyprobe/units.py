@@ -1,4 +1,5 @@
-"""Durations, sizes and addresses as people type them: `30s`, `250ms`, `1h30m`, `64MiB`, `:9464`.
+"""Durations, sizes and addresses as people type them (`30s`, `250ms`, `1h30m`, `64MiB`,
+`:9464`) and as every reporter, the live view and the MCP server print them (`1.23 µs`).
 
 Every parser raises `UnitError` (a ValueError, so pydantic validators turn it
 into a field error) whose message is the expected form, e.g. `expected a
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["UnitError", "parse_duration_ns", "parse_size", "parse_hostport", "DURATION_FORM", "SIZE_FORM"]
+__all__ = ["UnitError", "parse_duration_ns", "parse_size", "parse_hostport", "DURATION_FORM", "SIZE_FORM", "fmt_ns", "fmt_bytes", "fmt_count"]
 
 DURATION_FORM = "a duration like 30s, 250ms, 5m or 1h"
 SIZE_FORM = "a size like 64MiB, 1GB or 512k"
@@ -109,3 +110,40 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
 
 def _unit_key(unit: str) -> str:
     return unit if unit == "µs" else unit.lower()
+
+
+# ---- printing -------------------------------------------------------------------------
+
+_NS_UNITS = ((1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "µs"))
+_BYTE_UNITS = ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
+
+
+def fmt_ns(ns: int | float) -> str:
+    """1234 → '1.23 µs', 25_799_899 → '25.8 ms', 999 → '999 ns' (3 significant digits)."""
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    for scale, unit in _NS_UNITS:
+        if ns >= scale:
+            return f"{sign}{_three_digits(ns / scale)} {unit}"
+    return f"{sign}{int(ns)} ns"
+
+
+def fmt_bytes(n: int | float) -> str:
+    """1536 → '1.50 KiB', 100 → '100 B'."""
+    for scale, unit in _BYTE_UNITS:
+        if abs(n) >= scale:
+            return f"{_three_digits(n / scale)} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_count(n: int) -> str:
+    """12345 → '12,345'."""
+    return f"{n:,}"
+
+
+def _three_digits(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"

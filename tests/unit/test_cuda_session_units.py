@@ -14,7 +14,7 @@ from whyprobe.errors import CommandError, ConfigError
 from whyprobe.probes import available, families
 from whyprobe.record.events import EVENT_DTYPE, Source
 from whyprobe.record.session import LatencyStats, OpStat, Snapshot, as_int64, fnv1a64
-from whyprobe.ui.live import fmt_ns, render_snapshot
+from whyprobe.ui.live import render_snapshot
 
 
 def test_trace_units_errors_say_how():
@@ -65,10 +65,15 @@ def test_live_view_renders_a_snapshot():
     console = Console(file=io.StringIO(), width=120, color_system=None)
     console.print(render_snapshot(snap, "t.db"))
     text = console.file.getvalue()
-    assert "cudaMemcpy" in text and "1,234" in text and "2.5 ms" in text and "40 ms" in text
+    assert "cudaMemcpy" in text and "1,234" in text and "2.50 ms" in text and "40.0 ms" in text
     assert "drops: ring 7  rate 0  queue 0" in text
     assert "elapsed 12.5 s   events 1,300   targets 42" in text
-    assert fmt_ns(0) == "-" and fmt_ns(950) == "950 ns" and fmt_ns(1.5e9) == "1.5 s"
+    # an op with no latency yet shows "-" rather than "0 ns"
+    empty = Snapshot(0.5, (42,), (OpStat("cudaFree", 0, 0.0, 0, 0, 0),), 0, {})
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(render_snapshot(empty, "t.db"))
+    row = next(line for line in console.file.getvalue().splitlines() if "cudaFree" in line)
+    assert [c.strip() for c in row.split("│")][1:7] == ["cudaFree", "0", "0", "-", "-", ""]
 
 
 def test_family_registry():

@@ -120,7 +120,7 @@ def test_no_events_gives_an_empty_list(tmp_path):
 
 
 def test_units_read_the_way_people_type_them():
-    from whyprobe.reporters.units import fmt_bytes, fmt_count, fmt_ns
+    from whyprobe.units import fmt_bytes, fmt_count, fmt_ns
 
     assert [fmt_ns(v) for v in (0, 999, 1_234, 25_799_899, 1_473_425_940, 441_155_025, -2_500)] == [
         "0 ns", "999 ns", "1.23 µs", "25.8 ms", "1.47 s", "441 ms", "-2.50 µs",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whyprobe.reporters.units import fmt_bytes, fmt_ns
+from whyprobe.units import fmt_bytes, fmt_ns
 
 _LAUNCH_WORDS = ("Launch", "launch")
 _COPY_WORDS = ("Memcpy", "memcpy")

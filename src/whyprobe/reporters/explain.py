@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import TextIO
 
-from whyprobe.reporters.units import fmt_count, fmt_ns
+from whyprobe.units import fmt_count, fmt_ns
 
 
 def _when(ns: int) -> str:

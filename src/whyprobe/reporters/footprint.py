@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from whyprobe.analyze.footprint import Footprint
-from whyprobe.reporters.units import fmt_bytes, fmt_ns
+from whyprobe.units import fmt_bytes, fmt_ns
 
 MAX_ITEMS = 4
 

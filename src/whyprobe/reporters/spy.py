@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from whyprobe.mcpwire.message import C2S, S2C, McpMessage
-from whyprobe.reporters.units import fmt_ns
+from whyprobe.units import fmt_ns
 
 KIND_STYLE = {"request": "cyan", "response": "green", "error": "bold red", "notification": "magenta"}
 ARROW = {C2S: "→", S2C: "←"}

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from whyprobe.reporters.units import fmt_count, fmt_ns
+from whyprobe.units import fmt_count, fmt_ns
 
 
 def render_stats_table(stats: list[dict], console: Console, *, title: str = "") -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 from mcp.server.mcpserver.exceptions import ToolError
 
+from whyprobe import units
 from whyprobe.errors import WhyprobeError
 from whyprobe.server.security import SecuritySettings
 from whyprobe.store import fastsql
@@ -41,14 +42,8 @@ class ToolResult:
 
 
 def fmt_ns(ns: float | int | None) -> str:
-    """A duration with a unit a reader can take in at a glance."""
-    if ns is None:
-        return "n/a"
-    ns = float(ns)
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if abs(ns) >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.0f} ns"
+    """A duration with a unit a reader can take in at a glance; "n/a" where a tool has none."""
+    return "n/a" if ns is None else units.fmt_ns(ns)
 
 
 def top_n(items: list[Any], n: int) -> tuple[list[Any], int]:

@@ -14,18 +14,14 @@ from rich.table import Table
 from rich.text import Text
 
 from whyprobe.record.session import Snapshot
+from whyprobe.units import fmt_ns
 
 REFRESH_PER_SECOND = 4
 MAX_ROWS = 25
 
 
-def fmt_ns(ns: float) -> str:
-    if ns <= 0:
-        return "-"
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.0f} ns"
+def _latency(ns: float) -> str:
+    return fmt_ns(ns) if ns > 0 else "-"
 
 
 def render_snapshot(snap: Snapshot, out: str) -> Group:
@@ -33,7 +29,7 @@ def render_snapshot(snap: Snapshot, out: str) -> Group:
     for col, justify in (("op", "left"), ("count", "right"), ("rate/s", "right"), ("p50", "right"), ("p99", "right"), ("errors", "right")):
         table.add_column(col, justify=justify)
     for op in snap.ops[:MAX_ROWS]:
-        table.add_row(op.name, f"{op.count:,}", f"{op.rate:,.0f}", fmt_ns(op.p50_ns), fmt_ns(op.p99_ns), f"{op.errors:,}" if op.errors else "")
+        table.add_row(op.name, f"{op.count:,}", f"{op.rate:,.0f}", _latency(op.p50_ns), _latency(op.p99_ns), f"{op.errors:,}" if op.errors else "")
     if not snap.ops:
         table.add_row("[dim]waiting for events[/dim]", "", "", "", "", "")
     dropped = sum(snap.drops.values())

@@ -56,7 +56,7 @@ def footprint_doc(db: Path) -> dict:
 
 def traffic(db: Path) -> list[str]:
     """One line per JSON-RPC request seen on the wire, with its response's latency."""
-    from whyprobe.reporters.units import fmt_ns
+    from whyprobe.units import fmt_ns
 
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
