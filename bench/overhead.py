@@ -40,25 +40,17 @@ def per_call_ns(w, lib: str) -> float:
     return best
 
 
-def bare(w) -> float:
+def baseline(w, kind: str) -> float:
+    """ns per call with bench_bare.bpf.c's `kind` pair ("bare" or "floor") on the stand-in cudaLaunchKernel."""
     off = function_offsets(w.cudart)["cudaLaunchKernel"]
     with BpfObject(bpf_object_path("bench_bare")) as obj:
         obj.load()
-        obj.attach_uprobe_multi("handle_bare_entry", str(w.cudart), [off])
-        obj.attach_uprobe_multi("handle_bare_return", str(w.cudart), [off], retprobe=True)
-        return per_call_ns(w, str(w.cudart))
-
-
-def floor(w) -> float:
-    off = function_offsets(w.cudart)["cudaLaunchKernel"]
-    with BpfObject(bpf_object_path("bench_bare")) as obj:
-        obj.load()
-        obj.attach_uprobe_multi("handle_floor_entry", str(w.cudart), [off])
-        obj.attach_uprobe_multi("handle_floor_return", str(w.cudart), [off], retprobe=True)
-        reader = RingReader(obj.map_fd("floor_events"), EVENT_DTYPE)
-        best = min(_one_round(w, reader) for _ in range(ROUNDS))
-        reader.close()
-    return best
+        obj.attach_uprobe_multi(f"handle_{kind}_entry", str(w.cudart), [off])
+        obj.attach_uprobe_multi(f"handle_{kind}_return", str(w.cudart), [off], retprobe=True)
+        if kind == "bare":
+            return per_call_ns(w, str(w.cudart))
+        with RingReader(obj.map_fd("floor_events"), EVENT_DTYPE) as reader:
+            return min(_one_round(w, reader) for _ in range(ROUNDS))
 
 
 def traced(w) -> float:
@@ -105,8 +97,8 @@ def attach_detach_ms(classic: bool) -> tuple[float, float]:
 def main() -> None:
     w = build_workloads()
     untraced = per_call_ns(w, str(w.cudart))
-    bare_ns = bare(w)
-    floor_ns = floor(w)
+    bare_ns = baseline(w, "bare")
+    floor_ns = baseline(w, "floor")
     ours = traced(w)
     ratio = ours / bare_ns
     multi = attach_detach_ms(False)
