@@ -94,3 +94,42 @@ def test_probes_left_out_record_nothing(tmp_path: Path, listener: int) -> None:
     assert sources == {3}
     assert {op for (op,) in conn.execute("SELECT DISTINCT op FROM events")} <= {5, 6, 7}
     assert conn.execute("SELECT COUNT(*) FROM syscall_stats").fetchone() == (0,)
+
+
+# The waker thread blocks once under its inherited name (its first off-CPU record says "python"),
+# then renames itself and wakes the reader: the trace must know it by the new name.
+RENAMED_WAKER = (
+    "import os, threading, time\n"
+    "r, w = os.pipe()\n"
+    "tids = {}\n"
+    "def waker():\n"
+    "    tids['waker'] = threading.get_native_id()\n"
+    "    time.sleep(0.2)\n"
+    "    with open(f'/proc/self/task/{tids[\"waker\"]}/comm', 'w') as f:\n"
+    "        f.write('renamed-waker')\n"
+    "    time.sleep(0.2)\n"
+    "    os.write(w, b'x')\n"
+    "t = threading.Thread(target=waker); t.start()\n"
+    "os.read(r, 1); t.join()\n"
+    "print(tids['waker'], flush=True)\n"
+)
+
+
+def test_a_thread_renamed_after_its_first_record_is_known_by_its_new_name(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\n" + RENAMED_WAKER],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    session = TraceSession(db, [SchedFamily()], TargetSpec(pids=[proc.pid]))
+    session.start()
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        waker = int(proc.stdout.readline())
+        proc.wait(timeout=30)
+    finally:
+        session.stop()
+    conn = sqlite3.connect(db)
+    # THEN the main thread's long blocked interval names the waker, and the waker goes by its new name
+    woken = conn.execute("SELECT aux FROM events WHERE tid = ? AND source = 3 AND op = 1 ORDER BY duration DESC LIMIT 1", (proc.pid,)).fetchone()
+    assert woken == (waker,)
+    assert conn.execute("SELECT comm FROM thread_names WHERE tid = ?", (waker,)).fetchone() == ("renamed-waker",)

@@ -190,8 +190,10 @@ class SchedFamily:
     def finish(self, probes: ProbeSet, writer: object) -> None:
         rows = [(tid, pid, comm, time.time_ns()) for tid, pid, comm in self.thread_names()]
         if rows:
-            # Don't overwrite names the session took from the threads' own events.
-            writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), rows)
+            # These comms were read at each thread's latest wake-up or preemption, later
+            # than the first event the session named it from: a worker that renames
+            # itself after it starts (pthread_setname_np) is known by its new name.
+            writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), rows, replace=True)
 
 
 # ---- proc ---------------------------------------------------------------------------------
