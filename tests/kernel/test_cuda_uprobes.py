@@ -6,10 +6,12 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import pytest
 
 from cuda_helpers import REAL_CUDART, trace_workload
 from whyprobe.demo.build import build_workloads
-from whyprobe.probes.cuda import DRIVER_SYMBOLS, RUNTIME_SYMBOLS, Layout
+from whyprobe.kernel import caps
+from whyprobe.probes.cuda import DRIVER_SYMBOLS, RUNTIME_SYMBOLS, CudaFamily, Layout
 from whyprobe.record.events import F_PTSZ, Source, op_by_name
 
 SIZE, KIND, STREAM, KERNEL_GRID = 12345, 2, 0x5000, 4 * 2 * 3
@@ -63,23 +65,34 @@ def _check(traced, symbols, counts, ret):
             assert len(set(sel["arg0"].tolist())) == 1 and sel["arg0"][0] != 0, s.name
 
 
-def test_every_runtime_symbol_on_the_real_libcudart(bpf_required, tmp_path):
+@pytest.fixture(params=["session", "pair"])
+def session_mode(request, bpf_required) -> bool:
+    """Both ways the CUDA probes attach: one uprobe session program, or an entry/return pair (older kernels)."""
+    if request.param == "session" and not caps.can("uprobe_session"):
+        pytest.skip(f"no uprobe sessions on this kernel: {caps.probe_capabilities()['uprobe_session']['detail']}")
+    return request.param == "session"
+
+
+def test_every_runtime_symbol_on_the_real_libcudart(session_mode, tmp_path):
     # GIVEN every probed runtime function, each called a different number of times,
     # plus __cudaLaunchKernel, which tail-calls cudaLaunchKernel and must not count twice
     counts = {s.name: 3 + 2 * i for i, s in enumerate(RUNTIME_SYMBOLS)}
     plan = [f"{n}={c}" for n, c in counts.items()] + ["__cudaLaunchKernel=11"]
     counts["cudaLaunchKernel"] += 11
     # WHEN the real runtime (no driver here) runs them under the trace
-    traced = trace_workload(tmp_path, str(REAL_CUDART), plan, "-s", str(SIZE), "-k", str(KIND), "-S", hex(STREAM))
+    traced = trace_workload(tmp_path, str(REAL_CUDART), plan, "-s", str(SIZE), "-k", str(KIND), "-S", hex(STREAM),
+                            family=CudaFamily([str(REAL_CUDART)], session=session_mode))
     # THEN each op has exactly its calls, cudaErrorInsufficientDriver, and the arguments passed
     assert "ret cudaMalloc 35" in traced.stdout
     _check(traced, RUNTIME_SYMBOLS, counts, 35)
     assert traced.summary.dropped == 0
 
 
-def test_every_driver_symbol_on_the_standin_libcuda(bpf_required, tmp_path):
+def test_every_driver_symbol_on_the_standin_libcuda(session_mode, tmp_path):
     counts = {s.name: 2 + 3 * i for i, s in enumerate(DRIVER_SYMBOLS)}
-    traced = trace_workload(tmp_path, str(build_workloads().cuda), [f"{n}={c}" for n, c in counts.items()], "-s", str(SIZE), "-S", hex(STREAM))
+    lib = str(build_workloads().cuda)
+    traced = trace_workload(tmp_path, lib, [f"{n}={c}" for n, c in counts.items()], "-s", str(SIZE), "-S", hex(STREAM),
+                            family=CudaFamily([lib], session=session_mode))
     _check(traced, DRIVER_SYMBOLS, counts, 0)
     # allocations report the pointer the call wrote, read at return
     allocs = traced.events("source = 4 AND op = ?", (op_by_name("cuMemAlloc").op,))

@@ -15,6 +15,7 @@ __u64 hits_raw_tp = 0;
 __u64 hits_tp_btf = 0;
 __u64 hits_uprobe = 0;
 __u64 hits_uprobe_multi = 0;
+__u64 hits_uprobe_session = 0;
 __u64 hits_kprobe = 0;
 __u64 hits_fentry = 0;
 
@@ -60,6 +61,15 @@ int probe_uprobe_multi(struct pt_regs *ctx)
 {
 	if (mine())
 		__sync_fetch_and_add(&hits_uprobe_multi, 1);
+	return 0;
+}
+
+/* Loaded as a session: it must run twice a call, at entry and at return. */
+SEC("uprobe")
+int probe_uprobe_session(struct pt_regs *ctx)
+{
+	if (mine())
+		__sync_fetch_and_add(&hits_uprobe_session, 1);
 	return 0;
 }
 

@@ -29,6 +29,7 @@ PROBES = {
     "tp_btf": ("probe_tp_btf", "hits_tp_btf"),
     "uprobe": ("probe_uprobe", "hits_uprobe"),
     "uprobe_multi": ("probe_uprobe_multi", "hits_uprobe_multi"),
+    "uprobe_session": ("probe_uprobe_session", "hits_uprobe_session"),
     "kprobe": ("probe_kprobe", "hits_kprobe"),
     "fentry": ("probe_fentry", "hits_fentry"),
 }
@@ -63,24 +64,29 @@ def _try(cap: str) -> tuple[bool, str]:
                 obj.set_autoload(p, p == prog)
             if cap == "uprobe":
                 obj.set_classic_uprobe(prog)
+            elif cap == "uprobe_session":
+                obj.set_session_uprobe(prog)
             obj.set_rodata(target_tgid=os.getpid())
             obj.load()
-            if cap in ("uprobe", "uprobe_multi"):
+            if cap.startswith("uprobe"):
                 libc = _libc_path()
                 offsets, missing = resolve(libc, ["getppid"])
                 if missing:
                     return False, "getppid not found in libc"
                 if cap == "uprobe":
                     obj.attach_uprobe(prog, libc, offsets["getppid"], pid=os.getpid())
-                else:
+                else:  # one link, multi or session by how the program was loaded
                     obj.attach_uprobe_multi(prog, libc, [offsets["getppid"]], [1], pid=os.getpid())
             else:
                 obj.attach(prog)
-            for _ in range(3):
+            calls = 3
+            for _ in range(calls):
                 os.getppid()
             hits = int(obj.global_u64s(counter)[0])
             if hits == 0:
                 return False, "attached but never fired"
+            if cap == "uprobe_session" and hits != 2 * calls:
+                return False, f"fired {hits}x for {calls} calls, not once at entry and once at return"
             return True, f"fired {hits}x"
     except BpfError as exc:
         if exc.errno == errno.EPERM and privileged():

@@ -27,6 +27,7 @@ log = logging.getLogger("whyprobe.libbpf")
 
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
+BPF_TRACE_UPROBE_SESSION = 57
 BPF_F_UPROBE_MULTI_RETURN = 1
 SYS_BPF = 321  # x86_64
 BTF_KIND_DATASEC = 15
@@ -291,14 +292,16 @@ class Link:
         self.destroy()
 
 
-def _uprobe_multi_link(prog_fd: int, binary: str, offsets: Sequence[int], cookies: Sequence[int] | None, retprobe: bool, pid: int) -> int:
+def _uprobe_multi_link(
+    prog_fd: int, binary: str, offsets: Sequence[int], cookies: Sequence[int] | None, retprobe: bool, pid: int, attach_type: int
+) -> int:
     n = len(offsets)
     path = ct.create_string_buffer(os.fsencode(binary))
     offs = (ct.c_uint64 * n)(*offsets)
     cks = (ct.c_uint64 * n)(*cookies) if cookies else None
     attr = _LinkCreateUprobeMulti(
         prog_fd=prog_fd,
-        attach_type=BPF_TRACE_UPROBE_MULTI,
+        attach_type=attach_type,
         path=ct.addressof(path),
         offsets=ct.addressof(offs),
         cookies=ct.addressof(cks) if cks is not None else 0,
@@ -328,6 +331,7 @@ class BpfObject:
         self._links: list[Link] = []
         self._loaded = False
         self._classic_uprobes: set[str] = set()
+        self._session_uprobes: set[str] = set()
         self.uprobe_multi = True
         # Called after a successful load (the ProbeSet learns the shared map fds here).
         self.on_loaded: list = []
@@ -363,6 +367,10 @@ class BpfObject:
     def set_classic_uprobe(self, prog: str) -> None:
         """Load `prog` for perf-event uprobes instead of uprobe_multi (e.g. to compare them)."""
         self._classic_uprobes.add(prog)
+
+    def set_session_uprobe(self, prog: str) -> None:
+        """Load `prog` as a uprobe session (6.13+): one program run at entry and at return."""
+        self._session_uprobes.add(prog)
 
     def resize_map(self, name: str, max_entries: int) -> None:
         _check_int(bpf_map__set_max_entries(self._map(name), max_entries), "resize map", name)
@@ -413,7 +421,7 @@ class BpfObject:
             name = bpf_program__name(prog).decode()
             sec = bpf_program__section_name(prog).decode()
             if self.uprobe_multi and sec.split("/")[0] in _UPROBE_SECTIONS and name not in self._classic_uprobes:
-                bpf_program__set_expected_attach_type(prog, BPF_TRACE_UPROBE_MULTI)
+                bpf_program__set_expected_attach_type(prog, self._multi_attach_type(name))
             prog = bpf_object__next_program(self._obj, prog)
         _take_log()
         rc = bpf_object__load(self._obj)
@@ -487,6 +495,9 @@ class BpfObject:
         ptr = bpf_program__attach_raw_tracepoint(self._prog(prog), event.encode())
         return self._keep(Link(prog, ptr=_check_ptr(ptr, "attach raw tracepoint", event)))
 
+    def _multi_attach_type(self, prog: str) -> int:
+        return BPF_TRACE_UPROBE_SESSION if prog in self._session_uprobes else BPF_TRACE_UPROBE_MULTI
+
     def _is_multi(self, prog: str) -> bool:
         return self.uprobe_multi and prog not in self._classic_uprobes
 
@@ -521,7 +532,7 @@ class BpfObject:
                 for i, off in enumerate(offsets)
             ]
             return self._keep(Link(prog, parts=parts))
-        fd = _uprobe_multi_link(self.prog_fd(prog), binary, offsets, cookies, retprobe, pid)
+        fd = _uprobe_multi_link(self.prog_fd(prog), binary, offsets, cookies, retprobe, pid, self._multi_attach_type(prog))
         return self._keep(Link(prog, fd=fd))
 
     @property

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from whyprobe.errors import WhyprobeError
+from whyprobe.kernel import caps
 from whyprobe.kernel.elfsym import function_offsets
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.probes import libs
@@ -192,9 +193,12 @@ class CudaFamily:
 
     name = "cuda"
 
-    def __init__(self, libraries: Sequence[str | tuple[str, str]] = (), *, rescan_interval_s: float = 0.2) -> None:
+    def __init__(self, libraries: Sequence[str | tuple[str, str]] = (), *, rescan_interval_s: float = 0.2, session: bool | None = None) -> None:
         # Libraries to attach at start, as paths or (path, how it was found); none = the targets' maps.
         self.libraries = [(lib, "--lib") if isinstance(lib, str) else tuple(lib) for lib in libraries]
+        # One session program (entry cancels the return of calls it does not record) where the
+        # kernel has uprobe sessions, else an entry/return pair; None = decide by probing.
+        self.session = caps.can("uprobe_session") if session is None else session
         self.rescan_interval_s = rescan_interval_s
         self.attached: dict[str, LibraryProbe] = {}
         # (path, mapped no earlier than ns, attached ns) of libraries attached after the trace started.
@@ -206,7 +210,9 @@ class CudaFamily:
         self._seen_paths: set[str] = set()
 
     def attach(self, probes, targets: TargetSpec) -> list[str]:
-        obj = probes.open("cuda")
+        obj = probes.open("cuda_session" if self.session else "cuda")
+        if self.session:
+            obj.set_session_uprobe("handle_cuda_session")
         obj.load()
         self._obj = obj
         warnings: list[str] = []
@@ -238,8 +244,11 @@ class CudaFamily:
         offsets = [plan.found[n] for n in names]
         cookies = [ALL_SYMBOLS[n].cookie for n in names]
         try:
-            self._obj.attach_uprobe_multi("handle_cuda_entry", path, offsets, cookies)
-            self._obj.attach_uprobe_multi("handle_cuda_return", path, offsets, cookies, retprobe=True)
+            if self.session:
+                self._obj.attach_uprobe_multi("handle_cuda_session", path, offsets, cookies)
+            else:
+                self._obj.attach_uprobe_multi("handle_cuda_entry", path, offsets, cookies)
+                self._obj.attach_uprobe_multi("handle_cuda_return", path, offsets, cookies, retprobe=True)
         except BpfError as exc:
             return [f"cannot attach to {path}: {exc}"]
         plan.attached_at_ns = time.time_ns()
