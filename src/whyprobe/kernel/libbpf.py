@@ -452,19 +452,10 @@ class BpfObject:
         raw = map_lookup(bpf_map__fd(m), (0).to_bytes(4, "little"), bpf_map__value_size(m))
         return np.frombuffer(raw, dtype="<u8", count=sz // 8, offset=off).copy()
 
-    def test_run(self, prog: str, ctx: bytes = b"", repeat: int = 1) -> int:
-        """Run a loaded program once (or `repeat` times) via BPF_PROG_TEST_RUN; returns its return value.
-
-        repeat <= 1 is sent as 0 (the kernel runs that once too): raw_tp and
-        syscall programs refuse any other repeat.
-        """
+    def test_run(self, prog: str, ctx: bytes = b"") -> int:
+        """Run a loaded program once with `ctx` via BPF_PROG_TEST_RUN; returns its return value."""
         buf = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
-        opts = _TestRunOpts(
-            sz=ct.sizeof(_TestRunOpts),
-            ctx_in=ct.addressof(buf) if buf is not None else None,
-            ctx_size_in=len(ctx),
-            repeat=repeat if repeat > 1 else 0,
-        )
+        opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), ctx_in=ct.addressof(buf) if buf is not None else None, ctx_size_in=len(ctx))
         _check_int(bpf_prog_test_run_opts(self.prog_fd(prog), ct.byref(opts)), "test run", prog)
         return opts.retval
 

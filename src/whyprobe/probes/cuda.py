@@ -197,8 +197,8 @@ class CudaFamily:
         # Libraries to attach at start, as paths or (path, how it was found); none = the targets' maps.
         self.libraries = [(lib, "--lib") if isinstance(lib, str) else tuple(lib) for lib in libraries]
         # One session program (entry cancels the return of calls it does not record) where the
-        # kernel has uprobe sessions, else an entry/return pair; None = decide by probing.
-        self.session = caps.can("uprobe_session") if session is None else session
+        # kernel has uprobe sessions, else an entry/return pair; None = probe the kernel at attach.
+        self.session = session
         self.rescan_interval_s = rescan_interval_s
         self.attached: dict[str, LibraryProbe] = {}
         # (path, mapped no earlier than ns, attached ns) of libraries attached after the trace started.
@@ -210,6 +210,8 @@ class CudaFamily:
         self._seen_paths: set[str] = set()
 
     def attach(self, probes, targets: TargetSpec) -> list[str]:
+        if self.session is None:
+            self.session = caps.can("uprobe_session")
         obj = probes.open("cuda_session" if self.session else "cuda")
         if self.session:
             obj.set_session_uprobe("handle_cuda_session")
