@@ -195,4 +195,29 @@ static __always_inline struct wp_payload_rec *wp_reserve_payload(void)
 
 #define wp_submit_payload(p) wp_submit((p), &payloads, payloads_ring_bytes)
 
+/* A payload chunk of thread `pid_tgid` at `ts`, its header filled but for
+ * conn, offset and the lengths; NULL (counted as a drop) when the ring is full. */
+static __always_inline struct wp_payload_rec *wp_start_payload(__u64 pid_tgid, __u64 ts, __u16 kind, __s32 fd)
+{
+	struct wp_payload_rec *p = wp_reserve_payload();
+
+	if (!p)
+		return NULL;
+	__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
+	p->hdr.ts_ns = ts;
+	p->hdr.pid = pid_tgid >> 32;
+	p->hdr.tid = (__u32)pid_tgid;
+	p->hdr.fd = fd;
+	p->hdr.kind = kind;
+	return p;
+}
+
+/* Submit a chunk holding all `n` bytes the call moved (n < 0: none). */
+static __always_inline void wp_finish_payload(struct wp_payload_rec *p, long n)
+{
+	p->hdr.len = n > 0 ? n : 0;
+	p->hdr.total = p->hdr.len;
+	wp_submit_payload(p);
+}
+
 #endif /* __WP_COMMON_BPF_H */

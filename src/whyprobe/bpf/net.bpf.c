@@ -40,22 +40,15 @@ int handle_tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
 	struct wp_event *e;
 
 	/* Payload first: once user space sees the event, its payload is in its ring. */
-	p = wp_reserve_payload();
+	p = wp_start_payload(id, ts, WP_PL_SOCKADDR, -1);
 	if (!p)
 		goto event;
-	__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
-	p->hdr.ts_ns = ts;
-	p->hdr.pid = id >> 32;
-	p->hdr.tid = (__u32)id;
-	p->hdr.fd = -1;
-	p->hdr.kind = WP_PL_SOCKADDR;
 	p->hdr.conn = (__u64)ctx->skaddr;
 	a = (struct wp_tcp_addrs *)p->data;
 	/* Byte copy: the tracepoint's u8 arrays sit at offsets that unaligned ctx loads would need. */
 	bpf_probe_read_kernel(a, offsetof(struct wp_tcp_addrs, pad), &ctx->sport);
 	a->pad = 0;
-	p->hdr.len = p->hdr.total = sizeof(*a);
-	wp_submit_payload(p);
+	wp_finish_payload(p, sizeof(*a));
 event:
 	e = wp_reserve();
 	if (!e)

@@ -43,17 +43,11 @@ static __always_inline void on_fork(struct task_struct *parent, struct task_stru
 
 static __always_inline void emit_payload(__u64 id, __u64 ts, __u16 kind, const void *src, bool user, __u32 max)
 {
-	struct wp_payload_rec *p = wp_reserve_payload();
+	struct wp_payload_rec *p = wp_start_payload(id, ts, kind, -1);
 	long n;
 
 	if (!p)
 		return;
-	__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
-	p->hdr.ts_ns = ts;
-	p->hdr.pid = id >> 32;
-	p->hdr.tid = (__u32)id;
-	p->hdr.fd = -1;
-	p->hdr.kind = kind;
 	if (kind == WP_PL_ARGV) {
 		n = bpf_probe_read_user(p->data, max & (WP_CHUNK_LEN - 1), src) == 0 ? max : 0;
 	} else {
@@ -61,9 +55,7 @@ static __always_inline void emit_payload(__u64 id, __u64 ts, __u16 kind, const v
 		if (n > 0)
 			n--; /* drop the NUL */
 	}
-	p->hdr.len = n > 0 ? n : 0;
-	p->hdr.total = p->hdr.len;
-	wp_submit_payload(p);
+	wp_finish_payload(p, n);
 }
 
 static __always_inline void on_exec(struct task_struct *task, __u32 old_pid, struct linux_binprm *bprm)

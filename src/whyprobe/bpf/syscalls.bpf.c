@@ -135,32 +135,10 @@ static __always_inline bool wants_event(__u32 nr, __u64 *args)
 	return false;
 }
 
-static __always_inline struct wp_payload_rec *payload(__u64 id, __u64 ts, __u16 kind, __s32 fd)
-{
-	struct wp_payload_rec *p = wp_reserve_payload();
-
-	if (!p)
-		return NULL;
-	__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
-	p->hdr.ts_ns = ts;
-	p->hdr.pid = id >> 32;
-	p->hdr.tid = (__u32)id;
-	p->hdr.fd = fd;
-	p->hdr.kind = kind;
-	return p;
-}
-
-static __always_inline void finish_payload(struct wp_payload_rec *p, long n)
-{
-	p->hdr.len = n > 0 ? n : 0;
-	p->hdr.total = p->hdr.len;
-	wp_submit_payload(p);
-}
-
 /* One user string, or two as "first\0second" (rename). */
 static __always_inline void emit_paths(__u64 id, __u64 ts, const char *first, const char *second)
 {
-	struct wp_payload_rec *p = payload(id, ts, WP_PL_PATH, -1);
+	struct wp_payload_rec *p = wp_start_payload(id, ts, WP_PL_PATH, -1);
 	long n, m;
 
 	if (!p)
@@ -173,7 +151,7 @@ static __always_inline void emit_paths(__u64 id, __u64 ts, const char *first, co
 		m = bpf_probe_read_user_str(p->data + n, STR_MAX, second);
 		n += m > 0 ? m : 0;
 	}
-	finish_payload(p, n > 0 ? n - 1 : 0); /* without the last NUL */
+	wp_finish_payload(p, n > 0 ? n - 1 : 0); /* without the last NUL */
 }
 
 static __always_inline void emit_sockaddr(__u64 id, __u64 ts, __s32 fd, const void *addr, __u64 len)
@@ -184,12 +162,12 @@ static __always_inline void emit_sockaddr(__u64 id, __u64 ts, __s32 fd, const vo
 		return;
 	if (len > SOCKADDR_MAX)
 		len = SOCKADDR_MAX;
-	p = payload(id, ts, WP_PL_SOCKADDR, fd);
+	p = wp_start_payload(id, ts, WP_PL_SOCKADDR, fd);
 	if (!p)
 		return;
 	if (bpf_probe_read_user(p->data, len & (SOCKADDR_MAX * 2 - 1), addr))
 		len = 0;
-	finish_payload(p, len);
+	wp_finish_payload(p, len);
 }
 
 /* Name of the file behind fd (its last path component; no bpf_d_path here). */
@@ -208,11 +186,11 @@ static __always_inline void emit_fd_name(__u64 id, __u64 ts, __s32 fd)
 	if (!f)
 		return;
 	name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
-	p = payload(id, ts, WP_PL_PATH, fd);
+	p = wp_start_payload(id, ts, WP_PL_PATH, fd);
 	if (!p)
 		return;
 	n = bpf_probe_read_kernel_str(p->data, STR_MAX, name);
-	finish_payload(p, n > 0 ? n - 1 : 0);
+	wp_finish_payload(p, n > 0 ? n - 1 : 0);
 }
 
 static __always_inline void emit_plain(__u64 id, __u32 nr, __u64 ts, __u64 dur, __s64 ret)
