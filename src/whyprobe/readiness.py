@@ -6,6 +6,7 @@ import glob
 from pathlib import Path
 
 from whyprobe.kernel.caps import check_report
+from whyprobe.probes.cuda import discovery_report
 
 
 def gpu_facts() -> dict:
@@ -17,15 +18,9 @@ def gpu_facts() -> dict:
 
 def readiness_report() -> dict:
     kernel = check_report()
-    try:
-        from whyprobe.probes.cuda import discovery_report
-
-        cuda = discovery_report()
-    except ImportError:
-        cuda = {"libraries": [], "searched": []}
     return {
         "kernel": kernel,
-        "cuda": cuda,
+        "cuda": discovery_report(),
         "gpu": gpu_facts(),
         "problems": kernel["problems"],
         "can_trace": kernel["can_trace"],

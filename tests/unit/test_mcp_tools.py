@@ -15,7 +15,9 @@ from mcp.shared.exceptions import MCPError
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mcp_safesql import make_trace  # noqa: E402
 
+from whyprobe.analyze.explain import explain
 from whyprobe.analyze.stacks import folded, top_stacks
+from whyprobe.analyze.stats import op_stats
 from whyprobe.commands import main
 from whyprobe.server.app import RATE_LIMITED, build_server
 from whyprobe.server.security import AuditLog, RateLimiter, SecuritySettings, fence
@@ -73,20 +75,18 @@ def test_run_sql_write_is_a_tool_error(tmp_path: Path) -> None:
 
 
 def test_trace_stats_equal_engine(shared_data: Path) -> None:
-    stats = pytest.importorskip("whyprobe.analyze.stats")
     db = shared_data / "pytorch-dataloader-starvation.db"
     res = call(db, "get_trace_stats", {"limit": 500})
     with open_trace(db) as t:
-        engine = stats.op_stats(t)
+        engine = op_stats(t)
     assert {(r["op"], r["p99_ns"]) for r in res.structured_content["ops"]} == {(r["op"], r["p99_ns"]) for r in engine}
 
 
 def test_causal_chains_equal_engine(shared_data: Path) -> None:
-    explain = pytest.importorskip("whyprobe.analyze.explain")
     db = shared_data / "pytorch-dataloader-starvation.db"
     res = call(db, "get_causal_chains", {"limit": 500})
     with open_trace(db) as t:
-        doc = explain.explain(t)
+        doc = explain(t)
     assert [f["id"] for f in res.structured_content["findings"]] == [f["id"] for f in doc["findings"]]
 
 

@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from whyprobe.probes.syscalls_x86_64 import syscall_name
 from whyprobe.record.events import Source
 
 HOST_SCHED_SWITCH, HOST_EXEC, HOST_FORK = 1, 5, 7
@@ -142,15 +143,6 @@ def _inside(intervals: list[tuple[int, int]], a: int, b: int) -> int:
     return sum(_overlap(a, b, s, e) for s, e in intervals)
 
 
-def _syscall_name(nr: int) -> str:
-    try:
-        from whyprobe.probes.syscalls_x86_64 import syscall_name
-
-        return syscall_name(nr)
-    except ImportError:
-        return f"syscall_{nr}"
-
-
 def _thread_scope(conn: sqlite3.Connection, call: Footprint) -> tuple[str, tuple, set[int]]:
     """SQL condition, its parameters and the pids of a 'thread' call: its handler thread and the
     trees of the processes that thread forked in the window."""
@@ -225,7 +217,7 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
         call.cpu_user_ns += total - min(sys_ns, total)
     call.syscalls = sum(counts.values())
     call.syscall_ns = sum(times.values())
-    call.top_syscalls = {_syscall_name(nr): [n, int(times[nr])] for nr, n in counts.most_common(TOP_SYSCALLS)}
+    call.top_syscalls = {syscall_name(nr): [n, int(times[nr])] for nr, n in counts.most_common(TOP_SYSCALLS)}
     call.files = list(dict.fromkeys(call.files))
     call.files_failed = list(dict.fromkeys(call.files_failed))
     call.endpoints = list(dict.fromkeys(call.endpoints))

@@ -165,20 +165,16 @@ def _apply_config(cfg, options) -> None:
 
 
 def _observers(options, metrics: Optional[str], explain: bool):
-    """Prometheus exporter and live explainer, fed from the reader thread (optional modules)."""
+    """Prometheus exporter and live explainer, fed from the reader thread (imported only when asked for)."""
     exporter = explainer = None
     if metrics:
-        try:
-            from whyprobe.export.prometheus import TraceMetrics
-        except ImportError:
-            raise CommandError("--metrics is not supported by this build (whyprobe.export.prometheus is missing)") from None
+        from whyprobe.export.prometheus import TraceMetrics
+
         exporter = TraceMetrics()
         options.on_records.append(exporter.observe)
     if explain:
-        try:
-            from whyprobe.analyze.explain import LiveExplainer
-        except ImportError:
-            raise CommandError("--explain is not supported by this build (whyprobe.analyze.explain is missing)") from None
+        from whyprobe.analyze.explain import LiveExplainer
+
         explainer = LiveExplainer()
         options.on_rows.append(explainer.feed)
     return exporter, explainer

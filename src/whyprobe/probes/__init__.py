@@ -1,8 +1,8 @@
 """Probe families by name, for `trace --probes cuda,sched,...`.
 
-Each family lives in its own module; host families (sched, block, net,
-syscalls, proc) come from probes/host.py, which exposes them either as a
-`FAMILIES` dict (name -> class) or as classes named `<Name>Family`.
+Each family is a class in its own module, imported only when asked for (the
+CLI starts without numpy and the BPF loader); host families (sched, block,
+net, syscalls, proc) all live in probes/host.py.
 """
 
 from __future__ import annotations
@@ -12,43 +12,35 @@ from typing import Any, Iterable
 
 from whyprobe.errors import ConfigError
 
-# name -> module holding it (class `<Name>Family`, or an entry in the module's FAMILIES).
+# name -> (module, class)
 REGISTRY = {
-    "cuda": "whyprobe.probes.cuda",
-    "sched": "whyprobe.probes.host",
-    "block": "whyprobe.probes.host",
-    "net": "whyprobe.probes.host",
-    "syscalls": "whyprobe.probes.host",
-    "proc": "whyprobe.probes.host",
-    "stacks": "whyprobe.probes.stacks",
-    "wire": "whyprobe.probes.wire",
-    "custom": "whyprobe.probes.custom",
+    "cuda": ("whyprobe.probes.cuda", "CudaFamily"),
+    "sched": ("whyprobe.probes.host", "SchedFamily"),
+    "block": ("whyprobe.probes.host", "BlockFamily"),
+    "net": ("whyprobe.probes.host", "NetFamily"),
+    "syscalls": ("whyprobe.probes.host", "SyscallsFamily"),
+    "proc": ("whyprobe.probes.host", "ProcFamily"),
+    "stacks": ("whyprobe.probes.stacks", "StacksFamily"),
+    "wire": ("whyprobe.probes.wire", "WireFamily"),
+    "custom": ("whyprobe.probes.custom", "CustomFamily"),
 }
 
 
-def _family_class(name: str) -> type | None:
-    try:
-        mod = importlib.import_module(REGISTRY[name])
-    except ImportError:
-        return None
-    table = getattr(mod, "FAMILIES", None)
-    if isinstance(table, dict) and name in table:
-        return table[name]
-    return getattr(mod, f"{name.capitalize()}Family", None)
+def _family_class(name: str) -> type:
+    module, cls = REGISTRY[name]
+    return getattr(importlib.import_module(module), cls)
 
 
 def available() -> list[str]:
-    """Family names this installation can load (registered and importable)."""
-    return [n for n in REGISTRY if _family_class(n) is not None]
+    """Family names `--probes` accepts."""
+    return list(REGISTRY)
 
 
 def families(names: Iterable[str], **options: dict[str, Any]) -> list:
     """Instantiate families by name; options[name] are that family's constructor keyword arguments."""
-    valid = available()
     out = []
     for name in dict.fromkeys(n.strip() for n in names if n.strip()):
-        cls = _family_class(name) if name in REGISTRY else None
-        if cls is None:
-            raise ConfigError(f"Unknown probe family {name!r}: valid ones are {', '.join(valid)}")
-        out.append(cls(**options.get(name, {})))
+        if name not in REGISTRY:
+            raise ConfigError(f"Unknown probe family {name!r}: valid ones are {', '.join(available())}")
+        out.append(_family_class(name)(**options.get(name, {})))
     return out

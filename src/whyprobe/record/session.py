@@ -33,13 +33,11 @@ from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
+from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
+from whyprobe.probes.syscalls_x86_64 import syscall_name
 from whyprobe.record.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
-try:  # the host families own the text of paths, argv and addresses
-    from whyprobe.probes.host import describe as _describe
-except ImportError:
-    _describe = None
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +126,7 @@ class TraceSummary:
 
 def display_name(source: int, op: int) -> str:
     if source == Source.SYSCALL:
-        try:
-            from whyprobe.probes.syscalls_x86_64 import syscall_name
-
-            return syscall_name(op)
-        except ImportError:
-            pass
+        return syscall_name(op)
     return op_name(source, op)
 
 
@@ -411,11 +404,11 @@ class TraceSession:
         round or the one before (if it landed between our two ring reads); older
         unmatched payloads belong to dropped events and are let go.
         """
-        if _describe is None or not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
+        if not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
             self._detail_payloads = self._detail_payloads[self._detail_mark :]
             self._detail_mark = len(self._detail_payloads)
             return None
-        details = _describe(records, self._detail_payloads)
+        details = describe(records, self._detail_payloads)
         self._detail_payloads = self._detail_payloads[self._detail_mark :]
         self._detail_mark = len(self._detail_payloads)
         return details if any(d is not None for d in details) else None
