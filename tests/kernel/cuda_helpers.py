@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from whyprobe.probes.cuda import CudaFamily
 from whyprobe.record.session import TraceOptions, TraceSession, TraceSummary
 from whyprobe.store.reader import open_trace
 
-REAL_CUDART = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"
+REAL_CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
 
 
 @dataclass

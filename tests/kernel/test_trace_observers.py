@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cuda_helpers import REAL_CUDART
+
 from whyprobe.demo.build import build_workloads
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
-
-REAL_CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
-
 
 def _free_port() -> int:
     with socket.socket() as s:

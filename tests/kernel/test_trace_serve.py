@@ -14,13 +14,12 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from cuda_helpers import REAL_CUDART
+
 from whyprobe.commands import main
 from whyprobe.demo.build import build_workloads
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
-
-REAL_CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
-
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cuda_helpers import REAL_CUDART
 from whyprobe.commands import main
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 
-CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
-
 WORK = textwrap.dedent(
     f"""
     import ctypes, time
-    lib = ctypes.CDLL("{CUDART}")
+    lib = ctypes.CDLL("{REAL_CUDART}")
     time.sleep(0.6)  # let the tracer find this interpreter first
 
     def step(n):
@@ -38,7 +37,7 @@ def test_cuda_call_stack_names_the_python_line(tmp_path: Path, capsys) -> None:
     work = tmp_path / "work.py"
     work.write_text(WORK)
     out = tmp_path / "t.db"
-    rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(CUDART), "--out", str(out), "--quiet",
+    rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(REAL_CUDART), "--out", str(out), "--quiet",
                "--cmd", "--", sys.executable, str(work)])
     assert rc == 0, capsys.readouterr().err
     con = sqlite3.connect(out)
