@@ -15,7 +15,7 @@ import numpy as np
 
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 
 RING = 1 << 24
 ROUNDS = 5

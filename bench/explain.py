@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.analyze.explain import explain
-from whyprobe.record.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store import schema
 from whyprobe.store.reader import open_trace
 

@@ -34,7 +34,7 @@ from whyprobe.demo.build import build_workloads
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 from whyprobe.record.session import TraceOptions, TraceSession
 
 TARGET = 1_000_000  # the sustained ingest target

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 from whyprobe.store.writer import Writer, clock_offset_ns, rows_from_records
 
 TARGET = 300_000

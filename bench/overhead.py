@@ -23,7 +23,7 @@ from whyprobe.kernel.loader import ProbeSet, bpf_object_path
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import ALL_SYMBOLS, CudaFamily
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 
 CALLS = 200_000
 ROUNDS = 5

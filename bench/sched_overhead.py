@@ -24,7 +24,7 @@ from whyprobe.kernel.loader import ProbeSet, bpf_object_path
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.host import SchedFamily
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 
 ROUND_TRIPS = 20_000
 REPS = 9

@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 import pytest
 
 from whyprobe.commands import main
-from whyprobe.record.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store import schema
 from whyprobe.store.reader import open_trace
 from whyprobe.ui.dashboard import data

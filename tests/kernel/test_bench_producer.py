@@ -17,7 +17,7 @@ import pytest
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
-from whyprobe.record.events import EVENT_DTYPE, Source, op_by_name
+from whyprobe.events import EVENT_DTYPE, Source, op_by_name
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 

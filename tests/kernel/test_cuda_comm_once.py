@@ -14,7 +14,7 @@ from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 
 COMM = b"cuda_workload"
 

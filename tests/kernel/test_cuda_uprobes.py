@@ -12,7 +12,7 @@ from cuda_helpers import REAL_CUDART, trace_workload
 from whyprobe.demo.build import build_workloads
 from whyprobe.kernel import caps
 from whyprobe.probes.cuda import DRIVER_SYMBOLS, RUNTIME_SYMBOLS, CudaFamily, Layout
-from whyprobe.record.events import F_PTSZ, Source, op_by_name
+from whyprobe.events import F_PTSZ, Source, op_by_name
 
 SIZE, KIND, STREAM, KERNEL_GRID = 12345, 2, 0x5000, 4 * 2 * 3
 DEV = 0x7E0000000000  # the pointer the driver passes to frees, event and graph calls

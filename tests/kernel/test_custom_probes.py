@@ -19,7 +19,7 @@ from whyprobe.errors import ConfigError
 from whyprobe.probes import families
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.custom import CustomFamily
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 from whyprobe.record.session import TraceOptions, TraceSession
 from whyprobe.store.reader import open_trace
 

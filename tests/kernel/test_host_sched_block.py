@@ -15,7 +15,7 @@ from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.host import BlockFamily, SchedFamily
-from whyprobe.record.events import EVENT_DTYPE, F_PREEMPTED, Source
+from whyprobe.events import EVENT_DTYPE, F_PREEMPTED, Source
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 

@@ -11,7 +11,7 @@ import pytest
 
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 

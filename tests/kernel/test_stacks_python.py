@@ -21,7 +21,7 @@ from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.stacks import StacksFamily, symbolize_native
-from whyprobe.record.events import EVENT_DTYPE, F_HAS_PYSTACK
+from whyprobe.events import EVENT_DTYPE, F_HAS_PYSTACK
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 

@@ -17,7 +17,7 @@ from cuda_helpers import trace_workload
 from whyprobe.demo.build import build_workloads
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
-from whyprobe.record.events import op_by_name
+from whyprobe.events import op_by_name
 from whyprobe.record.session import TraceOptions, TraceSession
 from whyprobe.store.reader import open_trace
 

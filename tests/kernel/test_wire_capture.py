@@ -14,7 +14,7 @@ from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.wire import WireFamily
-from whyprobe.record.events import PL_PIPE, PL_TCP, PL_TLS, PL_TRUNCATED, PL_UNIX, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PL_TLS, PL_TRUNCATED, PL_UNIX, PayloadKind
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 

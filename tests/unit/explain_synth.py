@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from whyprobe.record.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store import schema
 
 T0 = 1_774_000_000_000_000_000

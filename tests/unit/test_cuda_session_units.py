@@ -12,7 +12,7 @@ from rich.console import Console
 from whyprobe.commands.common import duration_s, ring_bytes
 from whyprobe.errors import CommandError, ConfigError
 from whyprobe.probes import available, families
-from whyprobe.record.events import EVENT_DTYPE, Source
+from whyprobe.events import EVENT_DTYPE, Source
 from whyprobe.record.session import LatencyStats, OpStat, Snapshot, as_int64, fnv1a64
 from whyprobe.ui.live import render_snapshot
 

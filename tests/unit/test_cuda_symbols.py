@@ -15,7 +15,7 @@ from whyprobe.demo.build import build_workloads
 from whyprobe.kernel.elfsym import function_offsets
 from whyprobe.probes import libs
 from whyprobe.probes.cuda import ALL_SYMBOLS, DRIVER_SYMBOLS, RUNTIME_SYMBOLS, Layout, plan_library
-from whyprobe.record.events import OPS, Source, op_by_name
+from whyprobe.events import OPS, Source, op_by_name
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "src/whyprobe/bpf/cuda.h"

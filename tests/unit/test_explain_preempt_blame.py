@@ -6,7 +6,7 @@ import pytest
 from explain_synth import ENGINE_PID, ENGINE_TID, MS, THREADS, US, ev, launch_loop, write_db
 
 from whyprobe.analyze.explain import explain
-from whyprobe.record.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store.reader import open_trace
 
 KW_PID = KW_TID = 300

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from whyprobe.analyze import engine
 from whyprobe.analyze.evidence import KINDS, Layer, Targets, attribute, excess_only
 from whyprobe.analyze.explain import explain
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 from whyprobe.store.reader import open_trace
 
 HOGS = {201: (200, "hog"), 202: (200, "hog2"), 301: (300, "worker")}

@@ -21,7 +21,7 @@ from explain_synth import (
 
 from whyprobe.analyze.engine import Names
 from whyprobe.analyze.explain import LiveExplainer, explain
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 from whyprobe.store.reader import EVENT_COLUMNS, open_trace
 
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from whyprobe.errors import CommandError
 from whyprobe.export.prometheus import BUCKET_BOUNDS_NS, TraceMetrics
-from whyprobe.record.events import EVENT_DTYPE, Source
+from whyprobe.events import EVENT_DTYPE, Source
 
 
 def _free_port() -> int:

@@ -12,8 +12,8 @@ import numpy as np
 
 from whyprobe.probes.host import describe, sockaddr_text, tcp_retransmit_text
 from whyprobe.probes.stacks import ElfSymbols, line_for
-from whyprobe.probes.syscalls_x86_64 import SYSCALL_NAMES, syscall_name, syscall_nr, syscall_ops
-from whyprobe.record.events import EVENT_DTYPE, F_HAS_PAYLOAD, PAYLOAD_DTYPE, PayloadKind, Source, op_info
+from whyprobe.syscalls_x86_64 import SYSCALL_NAMES, syscall_name, syscall_nr, syscall_ops
+from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PAYLOAD_DTYPE, PayloadKind, Source, op_info
 
 BPF = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from whyprobe.record.events import EVENT_DTYPE, OPS, PAYLOAD_DTYPE, PayloadKind, Source
+from whyprobe.events import EVENT_DTYPE, OPS, PAYLOAD_DTYPE, PayloadKind, Source
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf"
 

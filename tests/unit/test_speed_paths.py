@@ -18,7 +18,7 @@ from whyprobe.analyze.findings import TAIL_SOURCES
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.analyze.stacks import folded, top_stacks
 from whyprobe.analyze.stats import op_stats
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 from whyprobe.server import tools as T
 from whyprobe.server.security import SecuritySettings
 from whyprobe.store import fastsql, schema

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from whyprobe.errors import StoreError
-from whyprobe.record.events import EVENT_DTYPE
+from whyprobe.events import EVENT_DTYPE
 from whyprobe.store.writer import ROW_COLUMNS, ROW_DTYPE, Writer, aggregate_rows, clock_offset_ns, rows_from_records
 
 MIN = 60_000_000_000

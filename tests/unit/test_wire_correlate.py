@@ -10,7 +10,7 @@ from wire_fixtures import call_chunks
 
 from whyprobe.mcpwire.message import C2S, S2C
 from whyprobe.mcpwire.pipeline import WirePipeline
-from whyprobe.record.events import PAYLOAD_DTYPE, PL_PIPE, PL_TCP, PL_TLS, PL_UNIX, PayloadKind
+from whyprobe.events import PAYLOAD_DTYPE, PL_PIPE, PL_TCP, PL_TLS, PL_UNIX, PayloadKind
 
 R, W = PayloadKind.READ, PayloadKind.WRITE
 MIN = 60 * 10**9

@@ -9,7 +9,7 @@ from wire_fixtures import call_chunks
 from whyprobe.mcpwire.http import HttpStream
 from whyprobe.mcpwire.jsonrpc import Frame, LineFramer, decode, scan_prefix
 from whyprobe.mcpwire.pipeline import WirePipeline
-from whyprobe.record.events import PL_PIPE, PL_TCP, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PayloadKind
 
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "upload", "arguments": {"blob": "x" * 5000}}}
 

@@ -12,7 +12,7 @@ from wire_fixtures import call_chunks
 from whyprobe.mcpwire.http import HttpStream
 from whyprobe.mcpwire.jsonrpc import decode
 from whyprobe.mcpwire.pipeline import WirePipeline
-from whyprobe.record.events import PL_PIPE, PL_TCP, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PayloadKind
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

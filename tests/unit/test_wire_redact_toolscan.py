@@ -9,7 +9,7 @@ from wire_fixtures import call_chunks
 from whyprobe.mcpwire.pipeline import WirePipeline
 from whyprobe.mcpwire.redact import REDACTED, redact, redact_headers, redact_json_text, redact_text
 from whyprobe.mcpwire.toolscan import ToolSnapshot, drift, scan_description, snapshot
-from whyprobe.record.events import PL_PIPE, PL_TCP, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PayloadKind
 
 
 def test_redact_nested_fields_case_insensitive() -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from wire_fixtures import call_chunks
 
 from whyprobe.mcpwire.pipeline import WirePipeline
-from whyprobe.record.events import PL_UNIX, PayloadKind
+from whyprobe.events import PL_UNIX, PayloadKind
 from whyprobe.reporters.spy import JsonlWriter, SpyReporter
 
 

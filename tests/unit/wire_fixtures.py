@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
-from whyprobe.record.events import PL_PIPE, PL_TCP, PL_TRUNCATED, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PL_TRUNCATED, PayloadKind
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable

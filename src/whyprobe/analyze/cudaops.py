@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 
 _C, _D = int(Source.CUDA), int(Source.DRIVER)
 

@@ -41,7 +41,7 @@ from whyprobe.analyze.evidence import (
 )
 from whyprobe.analyze.gaps import ThreadGaps
 from whyprobe.analyze.offcpu import PREEMPTED, OffCpu
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 
 MAD_K = 5.0
 MIN_TAIL_FACTOR = 2.0

@@ -25,7 +25,7 @@ from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.errors import StoreError, WhyprobeError
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]

@@ -9,7 +9,7 @@ from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.gaps import ThreadGaps, find_gaps
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
-from whyprobe.record.events import Source, op_name
+from whyprobe.events import Source, op_name
 
 GAP_OP = "gpu_idle"
 TAIL_SOURCES = (int(Source.CUDA), int(Source.DRIVER), int(Source.CUSTOM))

@@ -35,8 +35,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from whyprobe.probes.syscalls_x86_64 import syscall_name
-from whyprobe.record.events import Source
+from whyprobe.syscalls_x86_64 import syscall_name
+from whyprobe.events import Source
 
 HOST_SCHED_SWITCH, HOST_EXEC, HOST_FORK = 1, 5, 7
 NR_READ_OPEN = (2, 257, 437)

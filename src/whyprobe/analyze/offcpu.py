@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whyprobe.record.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source
 
 SCHED_SWITCH = (int(Source.HOST), 1)
 

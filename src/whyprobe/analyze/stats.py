@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 
 from whyprobe.errors import StoreError
-from whyprobe.record.events import Source, op_name
+from whyprobe.events import Source, op_name
 from whyprobe.store import fastsql
 from whyprobe.store.reader import TraceDB
 

@@ -17,7 +17,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define OP_CUDA_FREE 2 /* record/events.py */
+#define OP_CUDA_FREE 2 /* events.py */
 #define MAX_COUNT (1 << 23) /* bpf_loop's limit */
 
 struct run {

@@ -2,7 +2,7 @@
 /* CUDA uprobes: the attach cookie of each probed symbol, shared with
  * probes/cuda.py (tests/unit/test_cuda_symbols.py checks the two agree).
  *
- * cookie bits  0-15  op id (record/events.py, per source)
+ * cookie bits  0-15  op id (events.py, per source)
  *             16-23  source (WP_SRC_CUDA or WP_SRC_DRIVER)
  *             24     WP_F_PTSZ (per-thread default stream variant)
  *             32-39  argument layout class (enum cuda_layout)

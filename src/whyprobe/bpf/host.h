@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* Op ids of the host families (sched, proc, block, net, syscalls); they
- * mirror record/events.py OPS (tests/unit/test_host_ops.py checks it). */
+ * mirror events.py OPS (tests/unit/test_host_ops.py checks it). */
 #ifndef __WP_HOST_H
 #define __WP_HOST_H
 

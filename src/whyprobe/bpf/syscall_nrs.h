@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* x86_64 numbers of the syscalls whyprobe records one by one (syscalls and
- * footprint families); probes/syscalls_x86_64.py names them all. */
+ * footprint families); syscalls_x86_64.py names them all. */
 #ifndef __WP_SYSCALL_NRS_H
 #define __WP_SYSCALL_NRS_H
 

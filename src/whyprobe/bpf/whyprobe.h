@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* Record layouts shared by every whyprobe BPF program and by user space.
- * record/events.py mirrors these byte for byte; tests/unit/test_layout.py
+ * events.py mirrors these byte for byte; tests/unit/test_layout.py
  * checks the Python dtypes against the BTF of the compiled objects. */
 #ifndef __WHYPROBE_H
 #define __WHYPROBE_H
@@ -46,7 +46,7 @@ struct wp_event {
 	__u32 cpu;
 	__s32 stack_id;    /* user stack in the `stacks` map, -1 = none */
 	__u16 source;      /* enum wp_source */
-	__u16 op;          /* per-source op id (record/events.py) */
+	__u16 op;          /* per-source op id (events.py) */
 	__u32 flags;       /* WP_F_* */
 	char comm[WP_COMM_LEN];
 };
@@ -84,8 +84,8 @@ struct wp_payload {
 };
 
 #ifndef __cplusplus
-_Static_assert(sizeof(struct wp_event) == 104, "wp_event layout changed: update record/events.py");
-_Static_assert(sizeof(struct wp_payload) == 48, "wp_payload layout changed: update record/events.py");
+_Static_assert(sizeof(struct wp_event) == 104, "wp_event layout changed: update events.py");
+_Static_assert(sizeof(struct wp_payload) == 48, "wp_payload layout changed: update events.py");
 #endif
 
 #endif /* __WHYPROBE_H */

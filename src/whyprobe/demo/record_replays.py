@@ -23,7 +23,7 @@ from pathlib import Path
 
 from whyprobe.demo import scenarios
 from whyprobe.demo.scenarios.replay import REPLAY_DIR, rebuild_indexes
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 
 BUDGET_BYTES = 300_000
 ATTEMPTS = 4

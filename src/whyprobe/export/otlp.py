@@ -38,7 +38,7 @@ from whyprobe import __version__
 from whyprobe.errors import CommandError
 from whyprobe.export.prometheus import BUCKET_BOUNDS_NS
 from whyprobe.export.timeline import category_of
-from whyprobe.record.events import Source, op_name
+from whyprobe.events import Source, op_name
 from whyprobe.store.reader import TraceDB
 
 __all__ = ["OtlpResult", "send_otlp", "otlp_endpoints", "DURATION_METRIC"]

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from whyprobe.errors import CommandError
-from whyprobe.record.events import Source, op_name
+from whyprobe.events import Source, op_name
 from whyprobe.units import UnitError, parse_hostport
 
 __all__ = ["TraceMetrics", "BUCKET_BOUNDS_NS", "DROP_REASONS"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whyprobe.record.events import F_PREEMPTED, Source, op_name
+from whyprobe.events import F_PREEMPTED, Source, op_name
 from whyprobe.store.reader import TraceDB
 
 __all__ = ["Track", "Slice", "Timeline", "build_timeline", "category_of"]

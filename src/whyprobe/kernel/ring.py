@@ -22,7 +22,7 @@ import select
 
 import numpy as np
 
-from whyprobe.record.events import PAYLOAD_DTYPE
+from whyprobe.events import PAYLOAD_DTYPE
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from whyprobe.record.events import PL_PIPE, PL_TCP, PL_TLS, PL_TRUNCATED, PL_UNIX, PayloadKind
+from whyprobe.events import PL_PIPE, PL_TCP, PL_TLS, PL_TRUNCATED, PL_UNIX, PayloadKind
 
 WRITE_KINDS = (PayloadKind.WRITE, PayloadKind.SSL_WRITE)
 WIRE_KINDS = (PayloadKind.READ, PayloadKind.WRITE, PayloadKind.SSL_READ, PayloadKind.SSL_WRITE)

@@ -24,7 +24,7 @@ from whyprobe.kernel.elfsym import function_offsets
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.probes import libs
 from whyprobe.probes.base import TargetSpec
-from whyprobe.record.events import Source, op_by_name
+from whyprobe.events import Source, op_by_name
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ HTOD, DTOH, DTOD = 1, 2, 3
 @dataclass(frozen=True)
 class Symbol:
     name: str
-    op: str  # name in record/events.py OPS
+    op: str  # name in events.py OPS
     layout: Layout
     ptsz: bool = False
     kind: int = 0

@@ -46,7 +46,7 @@ from whyprobe.kernel.elfsym import resolve
 from whyprobe.kernel.libbpf import map_update
 from whyprobe.probes import libs
 from whyprobe.probes.base import TargetSpec
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 
 TRACEPOINT_OP_BASE = 1000
 # Mirrors of bpf/custom.bpf.c.

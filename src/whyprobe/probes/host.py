@@ -14,7 +14,7 @@ modules rely on:
   arg1 = dev_t, arg2 = sector, aux = queued ns, pid/tid/comm = submitter.
 * TCP/tcp_retransmit: arg0 = state, arg1 = sport, arg2 = dport, aux = family.
 * NET/net_send|net_recv: arg0 = bytes, arg1 = fd, arg2 = syscall nr.
-* SYSCALL (op = nr): see probes/syscalls_x86_64.EVENT_DESCRIPTIONS.
+* SYSCALL (op = nr): see syscalls_x86_64.EVENT_DESCRIPTIONS.
 
 `describe(records, payloads)` turns payloads into the `events.detail` text.
 """
@@ -37,8 +37,8 @@ from whyprobe.kernel import caps
 from whyprobe.kernel.libbpf import BpfObject, map_keys, map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
-from whyprobe.probes.syscalls_x86_64 import syscall_name, syscall_ops
-from whyprobe.record.events import F_HAS_PAYLOAD, PayloadKind, Source
+from whyprobe.syscalls_x86_64 import syscall_name, syscall_ops
+from whyprobe.events import F_HAS_PAYLOAD, PayloadKind, Source
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from elftools.elf.sections import SymbolTableSection
 from whyprobe.kernel.libbpf import map_lookup, map_update
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
-from whyprobe.record.events import F_HAS_PYSTACK
+from whyprobe.events import F_HAS_PYSTACK
 
 log = logging.getLogger(__name__)
 

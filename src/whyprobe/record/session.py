@@ -34,8 +34,8 @@ from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
-from whyprobe.probes.syscalls_x86_64 import syscall_name
-from whyprobe.record.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
+from whyprobe.syscalls_x86_64 import syscall_name
+from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
 

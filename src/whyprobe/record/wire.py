@@ -31,7 +31,7 @@ from whyprobe.mcpwire.reassembly import WIRE_KINDS
 from whyprobe.mcpwire.toolscan import Drift, ToolSnapshot
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.wire import WireFamily
-from whyprobe.record.events import PL_SNIFFED
+from whyprobe.events import PL_SNIFFED
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Convert an Ingero database into a whyprobe database.
 
-Ingero's source ids 1-7 and their op ids are ours (record/events.py), so event
+Ingero's source ids 1-7 and their op ids are ours (events.py), so event
 rows copy unchanged; ops our registry names get our name (Ingero's
 `cudaStreamSync` reads `cudaStreamSynchronize`), ops it doesn't know (e.g. K8s
 `pod_restart`) keep Ingero's name in our `ops` table. Integer event ids are

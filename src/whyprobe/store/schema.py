@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from whyprobe.errors import StoreError
-from whyprobe.record.events import OPS, SOURCE_DESCRIPTIONS
+from whyprobe.events import OPS, SOURCE_DESCRIPTIONS
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x57485950  # "WHYP"

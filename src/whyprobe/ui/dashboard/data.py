@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from whyprobe.errors import WhyprobeError
-from whyprobe.record.events import Source, op_name
+from whyprobe.events import Source, op_name
 from whyprobe.store.reader import TraceDB
 
 # Timeline lanes inside a thread's row, in drawing order.

@@ -6,7 +6,7 @@ linux-libc-dev); the x86_64 syscall ABI only ever appends numbers.
 
 from __future__ import annotations
 
-from whyprobe.record.events import Source
+from whyprobe.events import Source
 
 SYSCALL_NAMES: dict[int, str] = {
     0: 'read',
