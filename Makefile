@@ -14,14 +14,15 @@ FASTSQL := src/whyprobe/store/_fastsql.so
 
 setup: deps venv bpf native
 
-# System packages: clang/llvm build the BPF objects, libbpf is loaded at run time.
+# System packages: clang/llvm build the BPF objects, libbpf is loaded at run time,
+# bpftrace is the independent recorder the differential tests compare against.
 deps: .stamp-deps
 .stamp-deps:
 	@if command -v $(CLANG) >/dev/null && command -v $(STRIP) >/dev/null && command -v bpftool >/dev/null \
 	    && [ -f /usr/include/bpf/bpf_helpers.h ] && ldconfig -p | grep -q 'libbpf.so.1' \
-	    && command -v sqlite3 >/dev/null && [ -f /usr/include/sqlite3.h ] && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
+	    && command -v bpftrace >/dev/null && command -v sqlite3 >/dev/null && [ -f /usr/include/sqlite3.h ] && command -v git >/dev/null && command -v chromium >/dev/null; then :; else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    clang llvm libbpf-dev bpftool sqlite3 libsqlite3-dev git gcc make iproute2 chromium ; fi
+	    clang llvm libbpf-dev bpftool bpftrace sqlite3 libsqlite3-dev git gcc make iproute2 chromium ; fi
 	@# The image may ship NodeSource's nodejs (which bundles npm and conflicts with Debian's npm).
 	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 	@touch $@
