@@ -1,4 +1,4 @@
-"""The in-kernel pid filter (a byte per tgid, common.bpf.h): user space and the fork/exit programs share it."""
+"""The in-kernel pid filter (a byte per tgid, common.bpf.h): user space and targeting's fork/exit programs (follow.bpf.c) share it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import time
 import pytest
 
 from whyprobe.kernel.loader import ProbeSet
-from whyprobe.probes.base import TargetSpec
-from whyprobe.probes.host import ProcFamily
+from whyprobe.record.follow import Follower
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 
@@ -37,7 +36,7 @@ def _wait_for(cond, timeout: float = 5.0) -> bool:
 
 def test_fork_enrols_the_child_and_exit_removes_it() -> None:
     with ProbeSet() as ps:
-        ProcFamily().attach(ps, TargetSpec(pids=[]))
+        follower = Follower(ps).start()
         proc = subprocess.Popen([sys.executable, "-c", PARENT],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
@@ -58,10 +57,14 @@ def test_fork_enrols_the_child_and_exit_removes_it() -> None:
             assert _wait_for(lambda: not ps.is_target(child) and not ps.is_target(proc.pid))
         finally:
             proc.kill()
+            follower.stop()
 
 
 def test_pids_outside_the_set_are_refused() -> None:
     with ProbeSet() as ps:
-        ProcFamily().attach(ps, TargetSpec(pids=[]))
-        with pytest.raises(ValueError, match="outside"):
-            ps.add_targets([1 << 22])
+        follower = Follower(ps).start()
+        try:
+            with pytest.raises(ValueError, match="outside"):
+                ps.add_targets([1 << 22])
+        finally:
+            follower.stop()

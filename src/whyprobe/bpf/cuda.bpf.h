@@ -34,9 +34,10 @@ struct call {
  * the hot path (a hash map keyed by tid cost ~0.5 us more per call). Slot 0
  * is the runtime, slot 1 the driver: the runtime calls into the driver on
  * the same thread. ts == 0 marks an empty slot.
- * The thread's comm goes into its first event only (user space names a tid
- * once; later records carry an empty comm) and its cgroup id is read once:
- * the two helpers were ~100 ns of every return. */
+ * The thread's comm goes into its first event only, and again after an exec
+ * (user space names a tid once per program; later records carry an empty
+ * comm), and its cgroup id is read then: the two helpers were ~100 ns of
+ * every return. `named` is 1 + the self_exec_id it was read under. */
 struct calls {
 	struct call slot[2];
 	__u64 cgroup_id;
@@ -226,6 +227,7 @@ static __always_inline int cuda_return(struct pt_regs *ctx)
 	struct wp_event *e;
 	struct calls *cs;
 	struct call *c;
+	__u32 exec_gen;
 
 	cs = task_calls(false);
 	if (!cs)
@@ -239,10 +241,11 @@ static __always_inline int cuda_return(struct pt_regs *ctx)
 		return 0;
 	}
 	wp_fill_ids(e, CUDA_COOKIE_SOURCE(c->cookie), CUDA_COOKIE_OP(c->cookie), id);
-	if (!cs->named) {
+	exec_gen = (__u32)bpf_get_current_task_btf()->self_exec_id + 1;
+	if (cs->named != exec_gen) {
 		cs->cgroup_id = bpf_get_current_cgroup_id();
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		cs->named = 1;
+		cs->named = exec_gen;
 	} else {
 		__builtin_memset(e->comm, 0, sizeof(e->comm));
 	}

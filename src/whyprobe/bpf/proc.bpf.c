@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
-/* Process lifecycle of the traced set: fork enrolls the child in `targets`
- * (so every family follows it), exec emits the file name and argv head as
- * payloads, exit emits the exit code.
+/* Process lifecycle events of the traced set: fork, exec with the file name
+ * and argv head as payloads, exit with the exit code. Enrolling children in
+ * `targets` is targeting's job (follow.bpf.c), whatever families are on.
  *
  * process_fork: pid/tid = parent, arg0 = child pid, arg1 = child tid.
  * process_exec: arg0 = tid that called exec; payloads PATH (file name) and
@@ -29,8 +29,6 @@ static __always_inline void on_fork(struct task_struct *parent, struct task_stru
 
 	if (ctgid == ptgid || !wp_traced(ptgid))
 		return;
-	if (!trace_all)
-		wp_set_traced(ctgid, 1);
 	e = wp_reserve();
 	if (!e)
 		return;
@@ -97,15 +95,13 @@ static __always_inline void on_exit(struct task_struct *task, bool group_dead)
 		return;
 	code = BPF_CORE_READ(task, exit_code);
 	e = wp_reserve();
-	if (e) {
-		wp_fill(e, WP_SRC_HOST, HOST_OP_PROCESS_EXIT, id);
-		e->ts_ns = bpf_ktime_get_ns();
-		e->arg0 = code;
-		e->ret = (code & 0x7f) ? -(code & 0x7f) : (code >> 8) & 0xff;
-		wp_submit_event(e);
-	}
-	if (!trace_all)
-		wp_set_traced(tgid, 0);
+	if (!e)
+		return;
+	wp_fill(e, WP_SRC_HOST, HOST_OP_PROCESS_EXIT, id);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->arg0 = code;
+	e->ret = (code & 0x7f) ? -(code & 0x7f) : (code >> 8) & 0xff;
+	wp_submit_event(e);
 }
 
 SEC("tp_btf/sched_process_fork")

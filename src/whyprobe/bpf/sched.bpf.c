@@ -45,7 +45,7 @@ struct offcpu {
 	__u32 waker_tid;
 	__u32 waker_pid;
 	__u32 preempted;
-	__u32 named; /* tp_btf: the thread's comm went into a record already */
+	__u32 named; /* tp_btf: 1 + the thread's self_exec_id when its comm last went into a record */
 };
 
 struct name {
@@ -137,6 +137,7 @@ static __always_inline __u64 preemptor_ran(struct offcpu *o)
 static __always_inline void emit(struct offcpu *o, struct task_struct *next, __u32 pid, __u32 tid, __u64 now)
 {
 	struct wp_event *e;
+	__u32 exec_gen;
 
 	if (now - o->ts < min_offcpu_ns)
 		return;
@@ -159,10 +160,12 @@ static __always_inline void emit(struct offcpu *o, struct task_struct *next, __u
 	e->source = WP_SRC_HOST;
 	e->op = HOST_OP_SCHED_SWITCH;
 	e->flags = o->preempted ? WP_F_PREEMPTED : 0;
-	/* User space names a tid from its first record that carries a comm. */
-	if (!o->named) {
+	/* User space names a tid from its first record that carries a comm, and
+	 * again after an exec (task storage outlives the program it described). */
+	exec_gen = (__u32)BPF_CORE_READ(next, self_exec_id) + 1;
+	if (o->named != exec_gen) {
 		BPF_CORE_READ_STR_INTO(&e->comm, next, comm);
-		o->named = 1;
+		o->named = exec_gen;
 	} else {
 		__builtin_memset(e->comm, 0, sizeof(e->comm));
 	}

@@ -4,7 +4,9 @@ One entry and one return program (bpf/cuda.bpf.c) serve every symbol of a
 library, attached with one uprobe_multi link per direction; each symbol's
 cookie carries its op, source, per-thread-stream flag and argument layout
 (bpf/cuda.h). Libraries are attached when the trace starts and, for libraries
-a target maps later (dlopen), when the periodic maps scan sees them.
+a target loads later (dlopen, any path), while the target is held at the
+open of the file (record/follow.py), before its first call. The periodic
+maps scan remains for files mapped without an open the kernel saw.
 """
 
 from __future__ import annotations
@@ -262,6 +264,17 @@ class CudaFamily:
         if plan.missing:
             warnings.append(f"{os.path.basename(path)} lacks {len(plan.missing)} probed symbols (skipped): {', '.join(plan.missing)}")
         return warnings
+
+    def held_libraries(self) -> list[str]:
+        """Base-name prefixes whose open holds a target until attached: the runtime, the driver, any --lib."""
+        return ["libcudart.so", "libcuda.so"] + [os.path.basename(p) for p, _ in self.libraries]
+
+    def on_library(self, pid: int, path: str) -> list[str]:
+        """A target opened `path` and waits, stopped, until this returns: attach before its first call."""
+        names = {os.path.basename(p) for p, _ in self.libraries}
+        if self._obj is None or not (libs.is_cuda_library(path) or os.path.basename(path) in names):
+            return []
+        return self.attach_library(path, f"opened by pid {pid}")
 
     def tick(self, pids: list[int]) -> list[str]:
         """Called periodically by the session: attach libraries the targets mapped since (dlopen)."""

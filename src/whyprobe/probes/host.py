@@ -310,9 +310,10 @@ class ProcFamily:
                 row["name"] = _comm(r["comm"])
                 self._renamed[int(r["tid"])] = (pid, row["name"])
                 got = self._exec_payloads.pop((int(r["tid"]), int(r["ts_ns"])), {})
-                if PayloadKind.PATH in got and not row["exe"]:
+                # The program the process runs now: what /proc said before the exec is stale.
+                if PayloadKind.PATH in got:
                     row["exe"] = _text(got[PayloadKind.PATH])
-                if PayloadKind.ARGV in got and not row["cmdline"]:
+                if PayloadKind.ARGV in got:
                     row["cmdline"] = " ".join(_text(a) for a in got[PayloadKind.ARGV].rstrip(b"\0").split(b"\0"))
             else:
                 row = self.processes.get(pid) or self._see(pid, _comm(r["comm"]))

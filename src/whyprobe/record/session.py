@@ -8,8 +8,13 @@ blocks it. Everything slower (attaching libraries a target dlopen'd,
 enrolling children, reading drop counters) runs in `run()` on the caller's
 thread. The UI only ever reads immutable snapshots.
 
+Targeting (children, execs, libraries loaded late) is the kernel's, through
+record/follow.py, whatever families are chosen.
+
 Hooks a probe family may define besides the ProbeFamily protocol:
   tick(pids) -> list[str]         periodic (~200 ms) work, e.g. attach new libraries
+  held_libraries() -> list[str]   base-name prefixes of libraries to attach before their first call
+  on_library(pid, path) -> list[str]  a target opened such a file and is held until this returns
   flags() -> dict                 merged into sessions.flags at the end
   on_payloads(list[(hdr, data)])  every drained payload record (MCP bytes, paths ...)
   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
@@ -19,8 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +35,8 @@ import numpy as np
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.record.follow import Follower
+from whyprobe.record.names import Namer
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
 from whyprobe.syscalls_x86_64 import syscall_name
@@ -68,8 +73,6 @@ class TraceOptions:
     # Called on the reader thread with every drained batch (Prometheus metrics, live explain).
     on_records: list[Callable[[np.ndarray], None]] = field(default_factory=list)
     on_rows: list[Callable[[np.ndarray], None]] = field(default_factory=list)
-    # Enroll descendants from /proc when no in-kernel fork tracking (the proc family) is attached.
-    follow_children: bool = True
     # Tests only: pause the reader between polls, to make a small ring overflow.
     drain_pause_s: float = 0.0
     # One system_snapshots row per second (CPU %, memory, load).
@@ -201,8 +204,6 @@ class TraceSession:
         self._ring: RingReader | None = None
         self._payloads: PayloadReader | None = None
         self._clock_offset = 0
-        self._seen_tids: set[int] = set()
-        self._seen_pids: set[int] = set()
         self._stack_hash: dict[int, int] = {}
         self._detail_payloads: list = []
         self._detail_mark = 0
@@ -215,6 +216,11 @@ class TraceSession:
         self._reader_error: BaseException | None = None
         self._snapshots = None
         self._last_checkpoint = 0.0
+        self._follow: Follower | None = None
+        self._exited: set[int] = set()
+        self._namer: Namer | None = None
+        # Families attach libraries from the follower's thread (holds) and from tick().
+        self._lib_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -228,6 +234,7 @@ class TraceSession:
         session.setdefault("pid_filter", "all" if self.targets.trace_all else ",".join(map(str, sorted(self._pids))))
         self.writer = Writer(self.out, session=session, max_queue=opts.max_queue, max_db_mb=opts.max_db_mb, retention_hours=opts.retention_hours)
         self._clock_offset = clock_offset_ns()
+        self._namer = Namer(self.writer)
         try:
             self.probes = ProbeSet(
                 trace_all=self.targets.trace_all or opts.trace_all,
@@ -239,6 +246,10 @@ class TraceSession:
             for fam in self.families:
                 self.warnings += fam.attach(self.probes, self.targets)
             self.probes.add_targets(self._pids)
+            libnames = [n for f in self.families if hasattr(f, "held_libraries") for n in f.held_libraries()]
+            self._follow = Follower(
+                self.probes, libnames, on_fork=self._on_fork, on_exit=self._exited.add, on_exec=self._namer.exec_seen, on_library=self._on_library
+            ).start()
             self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
             self._payloads = PayloadReader(self.probes.payloads_fd)
         except BaseException:
@@ -260,6 +271,17 @@ class TraceSession:
             self._pids.update(new)
             self.probes.add_targets(new)
 
+    def _on_fork(self, pid: int, ppid: int) -> None:
+        self._pids.add(pid)
+
+    def _on_library(self, pid: int, path: str) -> list[str]:
+        warnings = []
+        with self._lib_lock:
+            for fam in self.families:
+                if hasattr(fam, "on_library"):
+                    warnings += fam.on_library(pid, path)
+        return warnings
+
     def run(self, until: Callable[[], bool], stop: threading.Event | None = None) -> None:
         """Housekeeping on the caller's thread until `until()` is true or `stop` is set."""
         stop = stop or threading.Event()
@@ -269,15 +291,17 @@ class TraceSession:
 
     def tick(self) -> None:
         """Periodic work: new libraries, children, drop counters."""
-        pids = sorted(self._pids)
+        pids = sorted(self._pids - self._exited)
         for fam in self.families:
             if hasattr(fam, "tick"):
                 try:
-                    self.warnings += fam.tick(pids)
+                    with self._lib_lock:
+                        self.warnings += fam.tick(pids)
                 except Exception as exc:  # a family's housekeeping must not end the trace
                     log.warning("%s tick failed: %s", fam.name, exc)
-        if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
-            self.add_targets(_descendants(pids))
+        if self._follow is not None and self._follow.warnings:
+            self.warnings += self._follow.warnings
+            self._follow.warnings = []
         self._drops = self.probes.drops()
         now = time.monotonic()
         if now - self._last_checkpoint >= CHECKPOINT_S:
@@ -289,6 +313,8 @@ class TraceSession:
     def stop(self) -> TraceSummary:
         """Detach (links first), drain what is left, let families flush, commit and close."""
         assert self.probes is not None and self.writer is not None
+        self._follow.stop()
+        self.warnings += self._follow.warnings
         self.probes.detach()
         if self._snapshots is not None:
             self._snapshots.stop()
@@ -301,7 +327,7 @@ class TraceSession:
         for fam in self.families:
             fam.finish(self.probes, self.writer)
         drops = self.probes.drops()
-        flags: dict = {}
+        flags: dict = self._follow.flags()
         for fam in self.families:
             if hasattr(fam, "flags"):
                 flags.update(fam.flags())
@@ -342,6 +368,8 @@ class TraceSession:
         return self._reader_error
 
     def _teardown_on_error(self) -> None:
+        if self._follow is not None:
+            self._follow.stop()
         for r in (self._ring, self._payloads):
             if r is not None:
                 r.close()
@@ -377,7 +405,7 @@ class TraceSession:
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
         details = self._details(records)
-        self._names(records)
+        self._namer.names(records)
         self.stats.add(records)
         for fam in self.families:
             fam.on_batch(records)
@@ -438,25 +466,6 @@ class TraceSession:
         lookup = self._stack_hash
         rows["stack_hash"][has] = [lookup[s] for s in ids[has].tolist()]
 
-    def _names(self, records: np.ndarray) -> None:
-        tids, first = np.unique(records["tid"], return_index=True)
-        new = [i for t, i in zip(tids.tolist(), first.tolist()) if t not in self._seen_tids]
-        if not new:
-            return
-        now = time.time_ns()
-        threads, procs = [], []
-        for i in new:
-            tid, pid = int(records["tid"][i]), int(records["pid"][i])
-            comm = records["comm"][i].split(b"\0")[0].decode(errors="replace") or _thread_comm(pid, tid)
-            self._seen_tids.add(tid)
-            threads.append((tid, pid, comm, now))
-            if pid not in self._seen_pids:
-                self._seen_pids.add(pid)
-                procs.append(_process_row(pid, comm, now))
-        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
-        if procs:
-            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
-
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
         drops = dict(self._drops, queue=self.writer.queue_drops)
@@ -464,41 +473,3 @@ class TraceSession:
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now
         self._snapshot = Snapshot(now - self._started, tuple(sorted(self._pids)), ops, self._records_seen, drops, tuple(self.warnings))
-
-
-def _thread_comm(pid: int, tid: int) -> str:
-    """A thread's name from /proc, for records that carry none (CUDA events name a thread in its first record only)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode(errors="replace")
-    except OSError:  # gone: the name is unknown
-        return ""
-
-
-def _process_row(pid: int, comm: str, now: int) -> tuple:
-    """(pid, name, seen_at, ppid, cmdline, exe, started_at) from /proc while the process is alive."""
-    import psutil
-
-    cmdline = exe = ""
-    ppid = started = 0
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = shlex.join(a.decode(errors="replace") for a in f.read().rstrip(b"\0").split(b"\0"))
-        exe = os.readlink(f"/proc/{pid}/exe")
-        p = psutil.Process(pid)
-        ppid, started = p.ppid(), int(p.create_time() * 1e9)
-    except (OSError, psutil.Error):  # gone or unreadable: keep what we have
-        pass
-    return (pid, comm, now, ppid, cmdline, exe, started)
-
-
-def _descendants(pids: list[int]) -> list[int]:
-    import psutil
-
-    out = []
-    for pid in pids:
-        try:
-            out += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            continue
-    return out

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Layouts of the targeting object (follow.bpf.c), mirrored in record/follow.py. */
+#ifndef __WP_FOLLOW_H
+#define __WP_FOLLOW_H
+
+/* Base-name prefixes of the libraries the families probe (libcudart.so, libssl.so ...). */
+#define WP_LIBNAMES 16
+#define WP_LIBNAME_LEN 28
+
+struct wp_libname {
+	__u32 len;
+	char name[WP_LIBNAME_LEN];
+};
+
+/* Kinds of struct wp_notice. */
+enum wp_notice_kind {
+	WP_NOTICE_FORK = 1, /* pid = child, ppid = traced parent */
+	WP_NOTICE_EXIT = 2, /* pid left the traced set */
+	WP_NOTICE_EXEC = 3, /* pid runs a new program: names cached for it are stale */
+	WP_NOTICE_HOLD = 4, /* pid stopped at the open of a library (see `held`) */
+};
+
+/* One record of the `notices` ring: a wake-up for user space, never the only
+ * copy of a fact (the pid set and `held` are). Widest fields first, no holes. */
+struct wp_notice {
+	__u64 ts_ns;
+	__u32 kind;
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__s32 fd;
+	__u32 pad;
+};
+
+/* Value of `held`, keyed by the tid that opened the library. */
+struct wp_held {
+	__u64 ts_ns;
+	__u32 pid;
+	__s32 fd;
+};
+
+#endif /* __WP_FOLLOW_H */

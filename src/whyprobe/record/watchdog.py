@@ -1,0 +1,54 @@
+"""Continue every process the tracer holds when the tracer goes away.
+
+`python -m whyprobe.record.watchdog HELD_FD PIPE_FD`, started by
+record/follow.py with the `held` map and the read end of a pipe whose write
+end only the tracer holds. The read returns at EOF: the tracer closed it on
+a clean stop, or the kernel did because the tracer died (SIGKILL, OOM). Then
+every process still in `held` gets SIGCONT, so no target stays stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import time
+
+from whyprobe.kernel.libbpf import map_keys, map_lookup
+
+_HELD = struct.Struct("<QIi")
+
+
+def release_all(held_fd: int) -> int:
+    """SIGCONT every process in `held`; how many entries there were."""
+    n = 0
+    for key in list(map_keys(held_fd, 4)):
+        raw = map_lookup(held_fd, key, _HELD.size)
+        if raw is None:
+            continue
+        n += 1
+        try:
+            os.kill(_HELD.unpack(raw)[1], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def main(argv: list[str]) -> int:
+    held_fd, pipe_fd = int(argv[0]), int(argv[1])
+    # Terminal signals are for the tracer; the watchdog leaves only at EOF.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    while os.read(pipe_fd, 4096):
+        pass
+    # The tracer's links may outlive its pipe by a moment (its fds close one by one): sweep a few times.
+    for _ in range(5):
+        release_all(held_fd)
+        time.sleep(0.1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,126 @@
+"""Targeting in the kernel (bpf/follow.bpf.c, record/follow.py): a library loaded late from any path
+is probed before its first call, a held target never stays stopped (not even when the tracer is
+SIGKILLed), and children are followed whatever the probe families are."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cuda_helpers import REAL_CUDART
+from whyprobe.demo.build import build_workloads
+from whyprobe.events import op_by_name
+from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.cuda import CudaFamily
+from whyprobe.record.session import TraceOptions, TraceSession
+
+LAUNCH = op_by_name("cudaLaunchKernel").op
+HELPER = Path(__file__).resolve().parent / "hold_forever.py"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait(cond, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.mark.parametrize("runtime", ["standin", "real"])
+def test_runtime_dlopened_from_a_temp_dir_loses_no_call(bpf_required, tmp_path, runtime):
+    # GIVEN a CUDA runtime copied to a directory no search path names, and a target that, once told,
+    # execs the call driver, which dlopens it and calls cudaLaunchKernel 300,000 times at once
+    w = build_workloads()
+    src = w.cudart if runtime == "standin" else REAL_CUDART
+    lib = tmp_path / "private" / "libcudart.so.12"
+    lib.parent.mkdir()
+    shutil.copy(src, lib)
+    proc = subprocess.Popen(["sh", "-c", 'read go; exec "$0" "$1" cudaLaunchKernel=300000', str(w.driver), str(lib)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # AND a trace of it without --lib: nothing CUDA is mapped yet, so nothing is attached at start
+    fam = CudaFamily()
+    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
+    try:
+        session.start()
+        assert fam.attached == {}
+        # WHEN it loads the runtime and calls
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        session.run(lambda: proc.poll() is not None)
+    finally:
+        summary = session.stop()
+    out = proc.stdout.read()
+    assert proc.wait() == 0, out
+    assert "calls 300000" in out
+    # THEN every call is recorded, with the runtime's return code, and nothing was dropped
+    db = sqlite3.connect(tmp_path / "t.db")
+    rows = db.execute("SELECT COUNT(*), MIN(ret_code), MAX(ret_code) FROM events WHERE source = 1 AND op = ?", (LAUNCH,)).fetchone()
+    expected_ret = 0 if runtime == "standin" else 35
+    assert rows == (300000, expected_ret, expected_ret)
+    assert summary.dropped == 0
+    # AND the session says the process was held at the open of that file, and attached no later than that
+    flags = json.loads(db.execute("SELECT flags FROM sessions").fetchone()[0])
+    assert [(h["pid"], h["path"]) for h in flags["held_loads"]] == [(proc.pid, str(lib))]
+    assert flags["cuda_late_attach"] == []
+    assert list(fam.attached) == [str(lib)]
+
+
+def test_held_target_goes_on_when_the_tracer_is_killed(bpf_required, tmp_path):
+    # GIVEN a target that opens a library whose family never finishes attaching (it blocks forever)
+    lib = tmp_path / "libwphold.so.1"
+    lib.write_bytes(b"not really a library")
+    target = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); open(sys.argv[1]).close(); print('opened', flush=True)", str(lib)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tracer = subprocess.Popen([sys.executable, str(HELPER), str(tmp_path / "t.db"), str(target.pid), "libwphold.so"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "ready"
+        # WHEN the target opens it, the kernel stops it and the tracer is holding it
+        target.stdin.write("go\n")
+        target.stdin.flush()
+        assert tracer.stdout.readline().split() == ["holding", str(target.pid), str(lib)]
+        assert _wait(lambda: _state(target.pid) == "T")
+        time.sleep(0.3)  # held: it must not go on by itself while the tracer lives
+        assert _state(target.pid) == "T"
+        # AND the tracer is killed with SIGKILL while holding it
+        tracer.send_signal(signal.SIGKILL)
+        tracer.wait(10)
+        # THEN the watchdog continues it: the open returns and the target finishes normally
+        assert target.stdout.readline().strip() == "opened"
+        assert target.wait(20) == 0
+    finally:
+        for p in (tracer, target):
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.mark.parametrize("probes", ["sched,syscalls,net"])
+def test_children_are_followed_without_the_proc_family(bpf_required, tmp_path, probes):
+    # GIVEN a Python script that runs `cat` on a file, traced with families that do not include proc
+    data = tmp_path / "data.txt"
+    data.write_text("x" * 10)
+    script = tmp_path / "w.py"
+    script.write_text(f"import subprocess\nsubprocess.run(['cat', {str(data)!r}], check=True, stdout=subprocess.DEVNULL)\n")
+    db = tmp_path / "t.db"
+    res = subprocess.run([sys.executable, "-m", "whyprobe", "trace", "--probes", probes, "--quiet", "--out", str(db), "--cmd", "--",
+                          sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    # THEN cat's own syscalls are recorded: it opened the file (openat, with its path) under its own name
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT comm, COUNT(*) FROM host_events WHERE syscall = 'openat' AND detail = ? GROUP BY comm", (str(data),)).fetchall()
+    assert rows == [("cat", 1)]
