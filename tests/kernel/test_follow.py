@@ -124,3 +124,54 @@ def test_children_are_followed_without_the_proc_family(bpf_required, tmp_path, p
     con = sqlite3.connect(db)
     rows = con.execute("SELECT comm, COUNT(*) FROM host_events WHERE syscall = 'openat' AND detail = ? GROUP BY comm", (str(data),)).fetchall()
     assert rows == [("cat", 1)]
+
+
+def test_custom_uprobe_library_loaded_late_from_another_path(bpf_required, tmp_path):
+    # GIVEN a config uprobe on cudaFree of the stand-in runtime at its build path
+    from whyprobe.config import UprobeSpec
+    from whyprobe.probes.custom import CustomFamily
+
+    w = build_workloads()
+    lib = tmp_path / "elsewhere" / "libcudart.so.12"
+    lib.parent.mkdir()
+    shutil.copy(w.cudart, lib)
+    fam = CustomFamily(uprobes=[UprobeSpec(library=str(w.cudart), symbol="cudaFree", attach="both")])
+    # AND a target that, once told, execs the driver on a copy with the same base name elsewhere
+    proc = subprocess.Popen(["sh", "-c", 'read go; exec "$0" "$1" cudaFree=57', str(w.driver), str(lib)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
+    try:
+        session.start()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        session.run(lambda: proc.poll() is not None)
+    finally:
+        session.stop()
+    assert proc.wait() == 0
+    # THEN the copy was probed at its open: all 57 calls are recorded as the custom probe's op
+    con = sqlite3.connect(tmp_path / "t.db")
+    assert con.execute("SELECT COUNT(*) FROM events WHERE source = 9 AND op = 0 AND pid = ?", (proc.pid,)).fetchone() == (57,)
+
+
+@pytest.mark.parametrize("probes", ["cuda,sched,block,net,syscalls,proc", "sched,syscalls"])
+def test_python_started_through_a_bash_shim_is_named_python(bpf_required, tmp_path, probes):
+    # GIVEN a version-manager-like shim: a bash script that runs helpers, then execs the interpreter
+    shim = tmp_path / "python3"
+    shim.write_text(f"#!/bin/bash\nfor i in $(seq 20); do /bin/true; v=$(cat /proc/version); done\nexec {sys.executable} \"$@\"\n")
+    shim.chmod(0o755)
+    code = "print(open('/proc/self/comm').read().strip())"
+    for run in range(3):  # the stale name showed up 1 run in 3
+        db = tmp_path / f"t{run}.db"
+        res = subprocess.run([sys.executable, "-m", "whyprobe", "trace", "--probes", probes, "--quiet", "--out", str(db), "--cmd", "--",
+                              str(shim), "-c", code], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        comm = res.stdout.strip().splitlines()[0]  # the interpreter's own name for itself
+        con = sqlite3.connect(db)
+        pid = int(con.execute("SELECT pid_filter FROM sessions").fetchone()[0])  # the launched shim
+        # THEN the shim's pid is the interpreter everywhere: its thread, its process row, and its events
+        assert con.execute("SELECT comm FROM thread_names WHERE tid = ?", (pid,)).fetchone() == (comm,)
+        name, exe, cmdline = con.execute("SELECT name, exe, cmdline FROM process_names WHERE pid = ?", (pid,)).fetchone()
+        assert name == comm and os.path.realpath(exe) == os.path.realpath(sys.executable), run
+        assert "-c" in cmdline and "bash" not in cmdline, run
+        opens = con.execute("SELECT comm FROM host_events WHERE pid = ? AND syscall = 'openat' AND detail = '/proc/self/comm'", (pid,)).fetchall()
+        assert opens == [(comm,)], run

@@ -87,6 +87,8 @@ static __always_inline void notify(__u32 kind, __u32 pid, __u32 tid, __u32 ppid,
 	n->ppid = ppid;
 	n->fd = fd;
 	n->pad = 0;
+	/* At exec, already the new program's (set before the exec tracepoint). */
+	bpf_get_current_comm(n->comm, sizeof(n->comm));
 	bpf_ringbuf_submit(n, 0);
 }
 

@@ -16,7 +16,7 @@ struct wp_libname {
 enum wp_notice_kind {
 	WP_NOTICE_FORK = 1, /* pid = child, ppid = traced parent */
 	WP_NOTICE_EXIT = 2, /* pid left the traced set */
-	WP_NOTICE_EXEC = 3, /* pid runs a new program: names cached for it are stale */
+	WP_NOTICE_EXEC = 3, /* pid runs a new program, named `comm`: names cached for it are stale */
 	WP_NOTICE_HOLD = 4, /* pid stopped at the open of a library (see `held`) */
 };
 
@@ -30,6 +30,7 @@ struct wp_notice {
 	__u32 ppid;
 	__s32 fd;
 	__u32 pad;
+	char comm[WP_COMM_LEN]; /* exec: the new program's */
 };
 
 /* Value of `held`, keyed by the tid that opened the library. */

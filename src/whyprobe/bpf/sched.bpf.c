@@ -224,6 +224,24 @@ int BPF_PROG(handle_sched_waking, struct task_struct *p)
 	return 0;
 }
 
+/* An exec renames the thread: a `names` entry read before it would outlive
+ * the program it named (user space writes these names last). */
+static __always_inline void rename_at_exec(struct task_struct *t)
+{
+	__u32 tid = bpf_get_current_pid_tgid();
+	struct name *n = bpf_map_lookup_elem(&names, &tid);
+
+	if (n)
+		BPF_CORE_READ_STR_INTO(&n->comm, t, comm);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	rename_at_exec(p);
+	return 0;
+}
+
 /* ---- raw_tp: state in a hash by tid; pids read through bpf_probe_read_kernel. */
 
 SEC("raw_tp/sched_switch")
@@ -259,5 +277,12 @@ int BPF_PROG(handle_sched_waking_raw, struct task_struct *p)
 	o = bpf_map_lookup_elem(&offcpu_tid, &tid);
 	if (o)
 		note_waker(o);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(handle_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	rename_at_exec(p);
 	return 0;
 }

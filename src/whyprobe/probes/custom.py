@@ -333,6 +333,8 @@ class CustomFamily:
             for t in self.tracepoints:
                 t.prepare(tracefs)
         self._ops_written = False
+        self._obj = None
+        self._files: set[str] = set()
 
     def attach(self, probes, targets: TargetSpec) -> list[str]:
         for u in self.uprobes:
@@ -349,24 +351,49 @@ class CustomFamily:
         specs_fd = obj.map_fd("tp_specs")
         for slot, t in enumerate(t for group in self.slots for t in group):
             map_update(specs_fd, slot.to_bytes(4, "little"), bytes(t.compiled))
-        entry: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        ret: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for u in self.uprobes:
-            if u.spec.attach == "entry":
-                entry[u.path].append((u.offset, u.op | EMIT_AT_ENTRY))
-            elif u.spec.attach == "return":
-                ret[u.path].append((u.offset, u.op))
-            else:
-                entry[u.path].append((u.offset, u.op | PAIRED))
-                ret[u.path].append((u.offset, u.op | PAIRED))
-        for prog, table, retprobe in (("handle_custom_entry", entry, False), ("handle_custom_return", ret, True)):
-            for path, sites in table.items():
-                obj.attach_uprobe_multi(prog, path, [o for o, _ in sites], [c for _, c in sites], retprobe=retprobe)
+        self._obj = obj
+        self._attach_uprobes([(u, u.path, u.offset) for u in self.uprobes])
         first = 0
         for group in self.slots:
             category, event = group[0].category_event
             obj.attach_tracepoint("handle_custom_tp", category, event, cookie=first | len(group) << 16)
             first += len(group)
+        return []
+
+    def _attach_uprobes(self, sites: Sequence[tuple[PlannedUprobe, str, int]]) -> None:
+        """One multi link per (program, file) for (uprobe, file, offset) sites."""
+        entry: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        ret: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for u, path, offset in sites:
+            self._files.add(os.path.realpath(path))
+            if u.spec.attach == "entry":
+                entry[path].append((offset, u.op | EMIT_AT_ENTRY))
+            elif u.spec.attach == "return":
+                ret[path].append((offset, u.op))
+            else:
+                entry[path].append((offset, u.op | PAIRED))
+                ret[path].append((offset, u.op | PAIRED))
+        for prog, table, retprobe in (("handle_custom_entry", entry, False), ("handle_custom_return", ret, True)):
+            for path, found in table.items():
+                self._obj.attach_uprobe_multi(prog, path, [o for o, _ in found], [c for _, c in found], retprobe=retprobe)
+
+    def held_libraries(self) -> list[str]:
+        """Base names of the configured libraries: another copy a target loads later is probed too."""
+        return sorted({os.path.basename(u.spec.library) for u in self.uprobes})
+
+    def on_library(self, pid: int, path: str) -> list[str]:
+        """A target opened `path` (record/follow.py): probe the configured symbols in it before it runs on."""
+        real = os.path.realpath(path)
+        if self._obj is None or real in self._files:
+            return []
+        wanted = [u for u in self.uprobes if _name_matches(os.path.basename(real), os.path.basename(u.spec.library))]
+        if not wanted:
+            return []
+        try:
+            found, _ = resolve(real, [u.spec.symbol for u in wanted])
+            self._attach_uprobes([(u, real, found[u.spec.symbol]) for u in wanted if u.spec.symbol in found])
+        except WhyprobeError as exc:  # BpfError included
+            return [f"custom: cannot probe {real}, opened by pid {pid}: {exc}"]
         return []
 
     def ops_rows(self) -> list[tuple[int, int, str, str]]:

@@ -84,32 +84,52 @@ class WireFamily:
         """Probe OpenSSL in the given processes' libraries (call again for processes seen later)."""
         warnings = []
         for path in tls_candidates(pids):
-            if path in self.tls_libraries:
-                continue
-            try:
-                offsets, _ = resolve(path, [*SSL_ENTRY, *SSL_BINDING])
-            except WhyprobeError as exc:  # unreadable or non-ELF file in the maps: not ours to fail on
-                log.info("skip %s: %s", path, exc)
-                continue
-            if not {"SSL_read", "SSL_write"} <= offsets.keys():
-                continue
-            try:
-                io = {sym: off for sym, off in offsets.items() if sym in SSL_ENTRY}
-                for sym, off in offsets.items():
-                    self._obj.attach_uprobe_multi({**SSL_ENTRY, **SSL_BINDING}[sym], path, [off])
-                self._obj.attach_uprobe_multi("handle_ssl_ret", path, list(io.values()), retprobe=True)
-                if "SSL_do_handshake" in offsets:
-                    self._obj.attach_uprobe_multi("handle_ssl_handshake_ret", path, [offsets["SSL_do_handshake"]], retprobe=True)
-                self.tls_libraries.append(path)
-            except BpfError as exc:
-                warnings.append(f"TLS capture unavailable in {path}: {exc}")
+            warnings += self._attach_ssl(path)
         if self.tls_libraries:
-            self._attach_bio(pids)
+            self._attach_bio(tls_candidates(pids, "libcrypto.so"))
         return warnings
 
-    def _attach_bio(self, pids: list[int]) -> None:
+    def _attach_ssl(self, path: str) -> list[str]:
+        if path in self.tls_libraries:
+            return []
+        try:
+            offsets, _ = resolve(path, [*SSL_ENTRY, *SSL_BINDING])
+        except WhyprobeError as exc:  # unreadable or non-ELF file in the maps: not ours to fail on
+            log.info("skip %s: %s", path, exc)
+            return []
+        if not {"SSL_read", "SSL_write"} <= offsets.keys():
+            return []
+        try:
+            io = {sym: off for sym, off in offsets.items() if sym in SSL_ENTRY}
+            for sym, off in offsets.items():
+                self._obj.attach_uprobe_multi({**SSL_ENTRY, **SSL_BINDING}[sym], path, [off])
+            self._obj.attach_uprobe_multi("handle_ssl_ret", path, list(io.values()), retprobe=True)
+            if "SSL_do_handshake" in offsets:
+                self._obj.attach_uprobe_multi("handle_ssl_handshake_ret", path, [offsets["SSL_do_handshake"]], retprobe=True)
+            self.tls_libraries.append(path)
+        except BpfError as exc:
+            return [f"TLS capture unavailable in {path}: {exc}"]
+        return []
+
+    def held_libraries(self) -> list[str]:
+        """libssl (and libcrypto, for BIO_write) loaded late are probed before their first call."""
+        return ["libssl.so", "libcrypto.so"] if self.tls else []
+
+    def on_library(self, pid: int, path: str) -> list[str]:
+        """A target opened `path` and waits until this returns (record/follow.py)."""
+        if self._obj is None or not self.tls:
+            return []
+        path = os.path.realpath(path)
+        name = Path(path).name
+        if "libssl.so" in name:
+            return self._attach_ssl(path)
+        if "libcrypto.so" in name:
+            self._attach_bio([path])
+        return []
+
+    def _attach_bio(self, paths: list[str]) -> None:
         """BIO_write binds memory-BIO TLS to its socket; without it the thread's reads decide."""
-        for path in tls_candidates(pids, "libcrypto.so"):
+        for path in paths:
             if path in self._bio_files:
                 continue
             self._bio_files.add(path)

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 # Mirrors of bpf/follow.h (tests/unit/test_follow.py checks them against BTF).
 LIBNAMES, LIBNAME_LEN = 16, 28
 NOTICE_FORK, NOTICE_EXIT, NOTICE_EXEC, NOTICE_HOLD = 1, 2, 3, 4
-NOTICE_DTYPE = np.dtype([("ts_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("pad", "<u4")])
+NOTICE_DTYPE = np.dtype(
+    [("ts_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("pad", "<u4"), ("comm", "S16")]
+)
 HELD = struct.Struct("<QIi")  # struct wp_held: ts_ns, pid, fd
 POLL_MS = 100
 
@@ -54,15 +56,14 @@ class Hold:
 
 
 def pack_libnames(prefixes: Sequence[str]) -> bytes:
-    """The `libnames` rodata array: (len, name) per prefix; too long or too many is an error."""
-    names = list(dict.fromkeys(p for p in prefixes if p))
-    if len(names) > LIBNAMES:
-        raise ValueError(f"at most {LIBNAMES} library names can be held at their open, got {len(names)}: {', '.join(names)}")
+    """The `libnames` rodata array: (len, name) per prefix, at most LIBNAMES of them.
+
+    A name longer than LIBNAME_LEN is cut: still a prefix of the file names it
+    was for, and the family checks the whole name of every file it is offered.
+    """
     out = b""
-    for name in names:
-        raw = name.encode()
-        if len(raw) > LIBNAME_LEN:
-            raise ValueError(f"library name {name!r} is longer than {LIBNAME_LEN} bytes")
+    for name in list(dict.fromkeys(p for p in prefixes if p))[:LIBNAMES]:
+        raw = name.encode()[:LIBNAME_LEN]
         out += struct.pack("<I", len(raw)) + raw.ljust(LIBNAME_LEN, b"\0")
     return out
 
@@ -80,7 +81,7 @@ class Follower:
     """Load follow.bpf.c into `probes` (after every family), run the notice thread and the watchdog.
 
     Callbacks run on the follower's thread: on_fork(pid, ppid), on_exit(pid),
-    on_exec(pid, ts_ns) and on_library(pid, path) -> warnings, which attaches
+    on_exec(pid, tid, comm) and on_library(pid, path) -> warnings, which attaches
     a family to a held process's library before it runs on.
     """
 
@@ -91,7 +92,7 @@ class Follower:
         *,
         on_fork: Callable[[int, int], None] | None = None,
         on_exit: Callable[[int], None] | None = None,
-        on_exec: Callable[[int, int], None] | None = None,
+        on_exec: Callable[[int, int, str], None] | None = None,
         on_library: Callable[[int, str], list[str]] | None = None,
     ) -> None:
         self.probes = probes
@@ -116,6 +117,9 @@ class Follower:
         for p in names:
             obj.set_autoload(p, p in enabled)
         packed = pack_libnames(self.libnames)
+        extra = list(dict.fromkeys(self.libnames))[LIBNAMES:]
+        if extra:
+            self.warnings.append(f"only {LIBNAMES} library names are held at their open; attached when seen mapped instead: {', '.join(extra)}")
         obj.set_rodata(nr_libnames=len(packed) // (4 + LIBNAME_LEN), libnames=packed)
         obj.load()
         self.obj = obj
@@ -158,7 +162,7 @@ class Follower:
             elif kind == NOTICE_EXIT and self.on_exit:
                 self.on_exit(pid)
             elif kind == NOTICE_EXEC and self.on_exec:
-                self.on_exec(pid, n[0])
+                self.on_exec(pid, n[3], n[7].decode(errors="replace"))
         if self.libnames:
             self.release_held(attach=True)
 

@@ -2,9 +2,9 @@
 
 A thread is named from its first record (the kernel puts its comm in the
 first record per thread and program), a process from /proc while it is
-alive. An exec makes both stale: the follower reports it (record/follow.py)
-and the process is named again from its first record after the exec, so a
-python started through a bash shim is `python` everywhere, not `bash`.
+alive. An exec makes both stale: the follower reports it with the new comm
+(record/follow.py) and the rows are replaced, so a python started through a
+bash shim is `python` everywhere, not `bash`.
 """
 
 from __future__ import annotations
@@ -18,48 +18,38 @@ import numpy as np
 from whyprobe.store.writer import Writer
 
 
+PROCESS_COLUMNS = ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at")
+
+
 class Namer:
-    """Runs on the reader thread; exec_seen() may be called from any thread."""
+    """names() runs on the reader thread, exec_seen() on the follower's; rows already written are
+    kept (INSERT OR IGNORE) except by an exec, which replaces them."""
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self.seen_tids: set[int] = set()
         self.seen_pids: set[int] = set()
-        # pid -> kernel ns of its latest exec, until a record after it names the pid again.
-        self.execs: dict[int, int] = {}
 
-    def exec_seen(self, pid: int, ts_ns: int) -> None:
-        self.execs[pid] = ts_ns
+    def exec_seen(self, pid: int, tid: int, comm: str) -> None:
+        """`pid` runs a new program named `comm` (from the kernel's exec notice): it replaces the old name.
+
+        Written at once rather than from the next record: a short-lived program
+        may have no record drained after the follower hears of its exec.
+        """
+        now = time.time_ns()
+        self.seen_tids.add(tid)
+        self.seen_pids.add(pid)
+        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), [(tid, pid, comm, now)], replace=True)
+        self.writer.put_rows("process_names", PROCESS_COLUMNS, [_process_row(pid, comm, now)], replace=True)
 
     def names(self, records: np.ndarray) -> None:
-        """Name every thread and process seen for the first time (or the first time since its exec)."""
-        if self.execs:
-            self._rename_execed(records)
+        """Name every thread and process seen for the first time."""
         tids, first = np.unique(records["tid"], return_index=True)
         new = [i for t, i in zip(tids.tolist(), first.tolist()) if t not in self.seen_tids]
         if new:
-            self._write_names(records, new, replace=False)
+            self._write_names(records, new)
 
-    def _rename_execed(self, records: np.ndarray) -> None:
-        """A process that exec'd is named again from its first record after the exec (names, cmdline, exe)."""
-        execs = dict(self.execs)
-        after = np.isin(records["pid"], list(execs))
-        if not after.any():
-            return
-        exec_ts = np.array([execs.get(p, 0) for p in records["pid"][after].tolist()], np.uint64)
-        idx = np.flatnonzero(after)[records["ts_ns"][after] >= exec_ts]
-        renamed: dict[int, int] = {}
-        for i in idx.tolist():
-            renamed.setdefault(int(records["tid"][i]), i)
-        for i in renamed.values():
-            pid = int(records["pid"][i])
-            self.seen_pids.discard(pid)
-            if self.execs.get(pid) == execs[pid]:
-                del self.execs[pid]
-        if renamed:
-            self._write_names(records, list(renamed.values()), replace=True)
-
-    def _write_names(self, records: np.ndarray, rows: list[int], *, replace: bool) -> None:
+    def _write_names(self, records: np.ndarray, rows: list[int]) -> None:
         now = time.time_ns()
         threads, procs = [], []
         for i in rows:
@@ -70,9 +60,9 @@ class Namer:
             if pid not in self.seen_pids:
                 self.seen_pids.add(pid)
                 procs.append(_process_row(pid, comm, now))
-        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads, replace=replace)
+        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
         if procs:
-            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs, replace=replace)
+            self.writer.put_rows("process_names", PROCESS_COLUMNS, procs)
 
 
 def _thread_comm(pid: int, tid: int) -> str:
