@@ -11,6 +11,7 @@
 
 /* Config (rodata; 0 = off), set by the loader before load. */
 const volatile __u32 trace_all = 0;          /* 1: no pid filter */
+const volatile __u32 tracer_tgid = 0;        /* whyprobe itself: never traced under trace_all */
 const volatile __u32 nr_cpus = 1;            /* for splitting the rate budget */
 const volatile __u64 max_events_per_sec = 0; /* storage.max_events_per_second */
 const volatile __u32 capture_stacks = 0;     /* --stack */
@@ -84,8 +85,9 @@ static __always_inline bool wp_traced(__u32 tgid)
 {
 	__u8 *slot;
 
+	/* Tracing the tracer would feed its own drain and writes back into the ring. */
 	if (trace_all)
-		return true;
+		return tgid != tracer_tgid;
 	slot = wp_pid_slot(tgid);
 	return slot && *slot;
 }

@@ -180,7 +180,8 @@ int handle_openat_enter(struct trace_event_raw_sys_enter *ctx)
 	__u32 tid = (__u32)id;
 	__u8 one = 1;
 
-	if (!nr_libnames || !wp_traced(id >> 32))
+	/* The tracer opens these files itself to read their symbols: stopping it would be for good. */
+	if (!nr_libnames || (id >> 32) == tracer_tgid || !wp_traced(id >> 32))
 		return 0;
 	if (wanted((const char *)ctx->args[1]))
 		bpf_map_update_elem(&opening, &tid, &one, BPF_ANY);

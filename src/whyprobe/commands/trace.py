@@ -228,6 +228,9 @@ def _run(
 
     def started(session, more: list[str]) -> None:
         nonlocal stop_metrics, server
+        # Scripts and tests wait for this line instead of sleeping (also under --quiet/--json).
+        sys.stderr.write("whyprobe: ready (probes attached)\n")
+        sys.stderr.flush()
         if exporter is not None:
             stop_metrics = exporter.serve(metrics)
         if serve:

@@ -47,6 +47,7 @@ class ProbeSet:
         self.payloads_ring_bytes = _pow2_at_least(payloads_ring_bytes, page)
         self._common = {
             "trace_all": int(trace_all),
+            "tracer_tgid": os.getpid(),
             "nr_cpus": os.cpu_count() or 1,
             "max_events_per_sec": int(max_events_per_sec),
             "capture_stacks": int(capture_stacks),

@@ -9,6 +9,7 @@ bash shim is `python` everywhere, not `bash`.
 
 from __future__ import annotations
 
+import collections
 import os
 import shlex
 import time
@@ -22,28 +23,39 @@ PROCESS_COLUMNS = ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_
 
 
 class Namer:
-    """names() runs on the reader thread, exec_seen() on the follower's; rows already written are
-    kept (INSERT OR IGNORE) except by an exec, which replaces them."""
+    """names() and flush_execs() run on the reader thread, exec_seen() on the follower's; rows
+    already written are kept (INSERT OR IGNORE) except by an exec, which replaces them."""
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self.seen_tids: set[int] = set()
         self.seen_pids: set[int] = set()
+        # (pid, tid, comm, process row) of execs, appended by the follower, written by the reader.
+        self._execs: collections.deque = collections.deque()
 
     def exec_seen(self, pid: int, tid: int, comm: str) -> None:
-        """`pid` runs a new program named `comm` (from the kernel's exec notice): it replaces the old name.
+        """`pid` runs a new program named `comm` (the kernel's exec notice): it will replace the old name.
 
-        Written at once rather than from the next record: a short-lived program
-        may have no record drained after the follower hears of its exec.
+        Taken from the notice rather than from the next record: a short-lived
+        program may have no record drained after the follower hears of its exec.
         """
+        self._execs.append((pid, tid, comm, _process_row(pid, comm, time.time_ns())))
+
+    def flush_execs(self) -> None:
+        """Write the names of programs exec'd since the last call, replacing older ones (one item each table)."""
+        if not self._execs:
+            return
+        execs = [self._execs.popleft() for _ in range(len(self._execs))]
         now = time.time_ns()
-        self.seen_tids.add(tid)
-        self.seen_pids.add(pid)
-        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), [(tid, pid, comm, now)], replace=True)
-        self.writer.put_rows("process_names", PROCESS_COLUMNS, [_process_row(pid, comm, now)], replace=True)
+        for pid, tid, _, _ in execs:
+            self.seen_tids.add(tid)
+            self.seen_pids.add(pid)
+        self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), [(tid, pid, comm, now) for pid, tid, comm, _ in execs], replace=True)
+        self.writer.put_rows("process_names", PROCESS_COLUMNS, [row for *_, row in execs], replace=True)
 
     def names(self, records: np.ndarray) -> None:
-        """Name every thread and process seen for the first time."""
+        """Name every thread and process seen for the first time (after the execs heard of so far)."""
+        self.flush_execs()
         tids, first = np.unique(records["tid"], return_index=True)
         new = [i for t, i in zip(tids.tolist(), first.tolist()) if t not in self.seen_tids]
         if new:

@@ -324,6 +324,7 @@ class TraceSession:
         # The reader has stopped: drain the rest here, until the rings are empty.
         while self._drain_once(0):
             pass
+        self._namer.flush_execs()
         for fam in self.families:
             fam.finish(self.probes, self.writer)
         drops = self.probes.drops()
