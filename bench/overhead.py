@@ -30,13 +30,13 @@ ROUNDS = 5
 REAL_CUDART = os.path.join(os.path.dirname(__file__), "..", ".venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12")
 
 
-def per_call_ns(w, lib: str) -> float:
-    """Best of ROUNDS runs of CALLS launches on one pinned thread, ns per call."""
+def per_call_ns(w, lib: str, *, calls: int = CALLS, rounds: int = ROUNDS) -> float:
+    """Best of `rounds` runs of `calls` launches on one pinned thread, ns per call."""
     best = float("inf")
-    for _ in range(ROUNDS):
-        out = subprocess.run([str(w.driver), "-c", "0", lib, f"cudaLaunchKernel={CALLS}"], capture_output=True, text=True, check=True).stdout
+    for _ in range(rounds):
+        out = subprocess.run([str(w.driver), "-c", "0", lib, f"cudaLaunchKernel={calls}"], capture_output=True, text=True, check=True).stdout
         elapsed = int(next(line.split()[1] for line in out.splitlines() if line.startswith("elapsed_ns")))
-        best = min(best, elapsed / CALLS)
+        best = min(best, elapsed / calls)
     return best
 
 
