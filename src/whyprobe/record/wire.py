@@ -175,6 +175,13 @@ class WireRecorder:
         self._settle(time.monotonic() - SETTLE_S)
         return warnings
 
+    def held_libraries(self) -> list[str]:
+        return self.family.held_libraries()
+
+    def on_library(self, pid: int, path: str) -> list[str]:
+        """A target loading OpenSSL late is probed before its first SSL_write (record/follow.py)."""
+        return [] if pid in self.ignore_pids else self.family.on_library(pid, path)
+
     def finish(self, probes: ProbeSet, writer: object) -> None:
         with self._lock:
             rest = self.pipeline.flush()
