@@ -72,13 +72,14 @@ struct {
 	__type(value, struct path_scratch);
 } scratch SEC(".maps");
 
-static __always_inline void notify(__u32 kind, __u32 pid, __u32 tid, __u32 ppid, __s32 fd)
+/* A notice with every field written (paths and args empty); the caller submits it. */
+static __always_inline struct wp_notice *notice(__u32 kind, __u32 pid, __u32 tid, __u32 ppid, __s32 fd)
 {
 	struct wp_notice *n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
 
 	if (!n) {
 		__sync_fetch_and_add(&wp_notice_drops, 1);
-		return;
+		return NULL;
 	}
 	n->ts_ns = bpf_ktime_get_ns();
 	n->kind = kind;
@@ -86,10 +87,20 @@ static __always_inline void notify(__u32 kind, __u32 pid, __u32 tid, __u32 ppid,
 	n->tid = tid;
 	n->ppid = ppid;
 	n->fd = fd;
-	n->pad = 0;
+	n->args_len = 0;
 	/* At exec, already the new program's (set before the exec tracepoint). */
 	bpf_get_current_comm(n->comm, sizeof(n->comm));
-	bpf_ringbuf_submit(n, 0);
+	__builtin_memset(n->path, 0, sizeof(n->path));
+	__builtin_memset(n->args, 0, sizeof(n->args));
+	return n;
+}
+
+static __always_inline void notify(__u32 kind, __u32 pid, __u32 tid, __u32 ppid, __s32 fd)
+{
+	struct wp_notice *n = notice(kind, pid, tid, ppid, fd);
+
+	if (n)
+		bpf_ringbuf_submit(n, 0);
 }
 
 static __always_inline void on_fork(struct task_struct *parent, struct task_struct *child)
@@ -113,12 +124,26 @@ static __always_inline void on_exit(bool group_dead)
 	notify(WP_NOTICE_EXIT, tgid, tgid, 0, -1);
 }
 
-static __always_inline void on_exec(void)
+static __always_inline void on_exec(struct task_struct *task, struct linux_binprm *bprm)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u64 start, end, len;
+	struct wp_notice *n;
 
-	if (wp_traced(id >> 32))
-		notify(WP_NOTICE_EXEC, id >> 32, (__u32)id, 0, -1);
+	if (!wp_traced(id >> 32))
+		return;
+	n = notice(WP_NOTICE_EXEC, id >> 32, (__u32)id, BPF_CORE_READ(task, real_parent, tgid), -1);
+	if (!n)
+		return;
+	bpf_probe_read_kernel_str(n->path, sizeof(n->path), BPF_CORE_READ(bprm, filename));
+	start = BPF_CORE_READ(task, mm, arg_start);
+	end = BPF_CORE_READ(task, mm, arg_end);
+	len = end > start ? end - start : 0;
+	if (len > sizeof(n->args))
+		len = sizeof(n->args);
+	if (len && bpf_probe_read_user(n->args, len, (const void *)start) == 0)
+		n->args_len = len;
+	bpf_ringbuf_submit(n, 0);
 }
 
 struct match_ctx {
@@ -195,7 +220,8 @@ int handle_openat_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 tid = (__u32)id;
 	struct wp_held h = {};
 
-	if (!nr_libnames || !bpf_map_lookup_elem(&opening, &tid))
+	/* Every openat of the host passes here: the pid filter first, the hash only for traced ones. */
+	if (!nr_libnames || !wp_traced(id >> 32) || !bpf_map_lookup_elem(&opening, &tid))
 		return 0;
 	bpf_map_delete_elem(&opening, &tid);
 	if (ctx->ret < 0)
@@ -228,7 +254,7 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	on_exec();
+	on_exec(p, bprm);
 	return 0;
 }
 
@@ -249,6 +275,6 @@ int BPF_PROG(handle_exit_raw, struct task_struct *p, bool group_dead)
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(handle_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	on_exec();
+	on_exec(p, bprm);
 	return 0;
 }

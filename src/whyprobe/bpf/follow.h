@@ -6,6 +6,10 @@
 /* Base-name prefixes of the libraries the families probe (libcudart.so, libssl.so ...). */
 #define WP_LIBNAMES 16
 #define WP_LIBNAME_LEN 28
+/* Exec notices carry the program's file name and argv head themselves: a
+ * short-lived program is gone before /proc could be read. */
+#define WP_NOTICE_PATH 256
+#define WP_NOTICE_ARGS 256
 
 struct wp_libname {
 	__u32 len;
@@ -16,7 +20,7 @@ struct wp_libname {
 enum wp_notice_kind {
 	WP_NOTICE_FORK = 1, /* pid = child, ppid = traced parent */
 	WP_NOTICE_EXIT = 2, /* pid left the traced set */
-	WP_NOTICE_EXEC = 3, /* pid runs a new program, named `comm`: names cached for it are stale */
+	WP_NOTICE_EXEC = 3, /* pid runs `path` (argv head in args) named `comm`, ppid = parent: cached names are stale */
 	WP_NOTICE_HOLD = 4, /* pid stopped at the open of a library (see `held`) */
 };
 
@@ -29,8 +33,10 @@ struct wp_notice {
 	__u32 tid;
 	__u32 ppid;
 	__s32 fd;
-	__u32 pad;
+	__u32 args_len; /* bytes of args used (NUL-separated argv head) */
 	char comm[WP_COMM_LEN]; /* exec: the new program's */
+	char path[WP_NOTICE_PATH]; /* exec: file name as given to execve, NUL-terminated */
+	char args[WP_NOTICE_ARGS];
 };
 
 /* Value of `held`, keyed by the tid that opened the library. */

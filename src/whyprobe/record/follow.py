@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 # Mirrors of bpf/follow.h (tests/unit/test_follow.py checks them against BTF).
 LIBNAMES, LIBNAME_LEN = 16, 28
 NOTICE_FORK, NOTICE_EXIT, NOTICE_EXEC, NOTICE_HOLD = 1, 2, 3, 4
+NOTICE_PATH = NOTICE_ARGS = 256
 NOTICE_DTYPE = np.dtype(
-    [("ts_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("pad", "<u4"), ("comm", "S16")]
+    [("ts_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("args_len", "<u4"),
+     ("comm", "S16"), ("path", "S%d" % NOTICE_PATH), ("args", "V%d" % NOTICE_ARGS)]
 )
 HELD = struct.Struct("<QIi")  # struct wp_held: ts_ns, pid, fd
 POLL_MS = 100
@@ -53,6 +55,22 @@ class Hold:
     tid: int
     path: str
     held_ns: int
+
+
+@dataclass(frozen=True)
+class Exec:
+    """An exec of a traced process, as the kernel saw it: the new program's comm, file name and argv head."""
+
+    pid: int
+    tid: int
+    ppid: int
+    comm: str
+    path: str
+    argv: list[str]
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def pack_libnames(prefixes: Sequence[str]) -> bytes:
@@ -81,7 +99,7 @@ class Follower:
     """Load follow.bpf.c into `probes` (after every family), run the notice thread and the watchdog.
 
     Callbacks run on the follower's thread: on_fork(pid, ppid), on_exit(pid),
-    on_exec(pid, tid, comm) and on_library(pid, path) -> warnings, which attaches
+    on_exec(Exec) and on_library(pid, path) -> warnings, which attaches
     a family to a held process's library before it runs on.
     """
 
@@ -92,7 +110,7 @@ class Follower:
         *,
         on_fork: Callable[[int, int], None] | None = None,
         on_exit: Callable[[int], None] | None = None,
-        on_exec: Callable[[int, int, str], None] | None = None,
+        on_exec: Callable[[Exec], None] | None = None,
         on_library: Callable[[int, str], list[str]] | None = None,
     ) -> None:
         self.probes = probes
@@ -155,14 +173,15 @@ class Follower:
 
     def poll(self, timeout_ms: int) -> None:
         """Handle notices, then answer every hold in `held` (the map is the truth when a notice was lost)."""
-        for n in self._ring.poll(timeout_ms).tolist():
-            kind, pid = n[1], n[2]
+        for n in self._ring.poll(timeout_ms):
+            kind, pid = int(n["kind"]), int(n["pid"])
             if kind == NOTICE_FORK and self.on_fork:
-                self.on_fork(pid, n[4])
+                self.on_fork(pid, int(n["ppid"]))
             elif kind == NOTICE_EXIT and self.on_exit:
                 self.on_exit(pid)
             elif kind == NOTICE_EXEC and self.on_exec:
-                self.on_exec(pid, n[3], n[7].decode(errors="replace"))
+                argv = bytes(n["args"])[: int(n["args_len"])].rstrip(b"\0").split(b"\0")
+                self.on_exec(Exec(pid, int(n["tid"]), int(n["ppid"]), _text(n["comm"]), _text(n["path"]), [_text(a) for a in argv if a]))
         if self.libnames:
             self.release_held(attach=True)
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from whyprobe.record.follow import Exec
 from whyprobe.store.writer import Writer
 
 
@@ -33,13 +34,14 @@ class Namer:
         # (pid, tid, comm, process row) of execs, appended by the follower, written by the reader.
         self._execs: collections.deque = collections.deque()
 
-    def exec_seen(self, pid: int, tid: int, comm: str) -> None:
-        """`pid` runs a new program named `comm` (the kernel's exec notice): it will replace the old name.
+    def exec_seen(self, ex: Exec) -> None:
+        """A traced process runs a new program (the kernel's exec notice): its names will be replaced.
 
-        Taken from the notice rather than from the next record: a short-lived
-        program may have no record drained after the follower hears of its exec.
+        Everything comes from the notice rather than from /proc or the next
+        record: a short-lived program is gone before either could be read.
         """
-        self._execs.append((pid, tid, comm, _process_row(pid, comm, time.time_ns())))
+        row = (ex.pid, ex.comm, time.time_ns(), ex.ppid, shlex.join(ex.argv), ex.path, _start_ns(ex.pid))
+        self._execs.append((ex.pid, ex.tid, ex.comm, row))
 
     def flush_execs(self) -> None:
         """Write the names of programs exec'd since the last call, replacing older ones (one item each table)."""
@@ -84,6 +86,16 @@ def _thread_comm(pid: int, tid: int) -> str:
             return f.read().rstrip(b"\n").decode(errors="replace")
     except OSError:  # gone: the name is unknown
         return ""
+
+
+def _start_ns(pid: int) -> int:
+    """When a process started (unix ns; an exec keeps it), 0 once it is gone."""
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).create_time() * 1e9)
+    except psutil.Error:
+        return 0
 
 
 def _process_row(pid: int, comm: str, now: int) -> tuple:
