@@ -48,3 +48,5 @@ class ProbeFamily(Protocol):
 #   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
 #   checkpoint(writer)               every 5 s: write cumulative in-kernel aggregates
 #   flags() -> dict                  merged into sessions.flags at the end
+#   held_libraries() -> list[str]    base-name prefixes of libraries a target is held at the open of
+#   on_library(pid, path) -> list[str]  attach to that file while the target waits (record/follow.py)
