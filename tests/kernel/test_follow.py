@@ -1,6 +1,7 @@
 """Targeting in the kernel (bpf/follow.bpf.c, record/follow.py): a library loaded late from any path
-is probed before its first call, a held target never stays stopped (not even when the tracer is
-SIGKILLed), and children are followed whatever the probe families are."""
+(CUDA runtime, a config uprobe library, OpenSSL) is probed before its first call, a held target never
+stays stopped (not even when the tracer is SIGKILLed), children are followed whatever the probe
+families are, and a program started through a shim is named as itself."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from whyprobe.demo.build import build_workloads
 from whyprobe.events import op_by_name
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
+from whyprobe.probes.libs import ldconfig_cache
+from whyprobe.probes.wire import WireFamily
 from whyprobe.record.session import TraceOptions, TraceSession
 
 LAUNCH = op_by_name("cudaLaunchKernel").op
@@ -175,3 +178,30 @@ def test_python_started_through_a_bash_shim_is_named_python(bpf_required, tmp_pa
         assert "-c" in cmdline and "bash" not in cmdline, run
         opens = con.execute("SELECT comm FROM host_events WHERE pid = ? AND syscall = 'openat' AND detail = '/proc/self/comm'", (pid,)).fetchall()
         assert opens == [(comm,)], run
+
+
+def test_openssl_copy_loaded_late_is_probed_before_the_loader_runs_on(bpf_required, tmp_path):
+    # GIVEN a private copy of libssl (as wheels and conda ship their own), loaded only when told
+    system = next(path for soname, path in ldconfig_cache() if soname == "libssl.so.3")
+    lib = tmp_path / "bundled" / "libssl.so.3"
+    lib.parent.mkdir()
+    shutil.copy(system, lib)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, ctypes; sys.stdin.readline(); ctypes.CDLL(sys.argv[1]); print('loaded', flush=True); sys.stdin.readline()",
+                             str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    fam = WireFamily()
+    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
+    try:
+        session.start()
+        assert str(lib) not in fam.tls_libraries
+        # WHEN it loads the copy
+        proc.stdin.write("load\n")
+        proc.stdin.flush()
+        # THEN by the time its dlopen returned, SSL_read/SSL_write of that copy were probed
+        assert proc.stdout.readline().strip() == "loaded"
+        assert str(lib) in fam.tls_libraries
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        session.run(lambda: proc.poll() is not None)
+    finally:
+        session.stop()
+    assert proc.wait() == 0
