@@ -81,6 +81,7 @@ class PayloadKind(IntEnum):
     WRITE = 5
     SSL_READ = 6
     SSL_WRITE = 7
+    SYMBOL = 8
 
 
 PL_TRUNCATED = 1 << 0
@@ -181,6 +182,9 @@ OPS: list[OpInfo] = (
             (12, "cuEventSynchronize", "Wait for an event via driver API"),
             (13, "cuMemMap", "Map a VMM allocation (arg0 = bytes)"),
             (14, "cuMemCreate", "Create a VMM allocation (arg0 = bytes)"),
+            (15, "cuModuleGetFunction", "Kernel handle by name (arg0 = module, arg1 = CUfunction returned, arg2 = name pointer; detail = name)"),
+            (16, "cuLibraryGetKernel", "Kernel handle by name (arg0 = library, arg1 = CUkernel returned, arg2 = name pointer; detail = name)"),
+            (17, "cuKernelGetFunction", "Function of a kernel in the current context (arg0 = CUkernel, arg1 = CUfunction returned)"),
         ],
     )
     + _ops(

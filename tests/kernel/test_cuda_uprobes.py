@@ -41,6 +41,8 @@ EXPECTED = {
     Layout.CU_MEMCPY: (SIZE, None, 0),
     Layout.CU_MEMCPY_ASYNC: (SIZE, None, STREAM),
     Layout.SIZE2: (SIZE, DEV, 0),
+    Layout.GET_FUNC: (DEV, None, None),  # arg1 = the handle returned, arg2 = the name's address
+    Layout.GET_FUNC_OF: (None, None, 0),
 }
 
 

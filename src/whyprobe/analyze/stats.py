@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 
+from whyprobe.analyze.kernels import KERNEL_LAUNCH, kernel_labels
 from whyprobe.errors import StoreError
 from whyprobe.events import Source, op_name
 from whyprobe.store import fastsql
@@ -40,11 +41,14 @@ def op_stats(
     since_ns: int | None = None,
     until_ns: int | None = None,
     source: str | None = None,
+    by_kernel: bool = False,
 ) -> list[dict]:
     """One dict per (source, op), sorted by total time, descending.
 
     Keys: source, op (names), source_id, op_id, count, p50_ns, p95_ns, p99_ns,
     p999_ns, max_ns, mean_ns (floor), total_ns, errors, error_codes {code: count}.
+    by_kernel: kernel launches only, one dict per (source, op, kernel) with
+    "kernel" = the demangled name of the launched function, hex when unresolved.
     """
     source_names = {int(s): str(n) for s, n in db.source_names().items()}
     for s in Source:
@@ -64,16 +68,26 @@ def op_stats(
         where.append("source = ?")
         params.append(_source_id(db, source, source_names))
     ret = "COALESCE(ret_code, 0)" if db.has("events", "ret_code") else "0"
-    sql = f"SELECT source, op, COALESCE(duration, 0), {ret} FROM events"
+    cols = f"source, op, COALESCE(duration, 0), {ret}"
+    if by_kernel:
+        cols += ", pid, COALESCE(arg0, 0)"
+        where.append("(" + " OR ".join(f"(source = {s} AND op = {o})" for s, o in sorted(KERNEL_LAUNCH)) + ")")
+    sql = f"SELECT {cols} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    data = fastsql.select_i64(db.conn, sql, params, 4, copy=False)
+    width = 6 if by_kernel else 4
+    data = fastsql.select_i64(db.conn, sql, params, width, copy=False)
     if data is None:
         # fromiter over the flattened cursor: no list of a million tuples in between.
-        data = np.fromiter(itertools.chain.from_iterable(db.conn.execute(sql, params)), dtype=np.int64).reshape(-1, 4)
+        data = np.fromiter(itertools.chain.from_iterable(db.conn.execute(sql, params)), dtype=np.int64).reshape(-1, width)
     if len(data) == 0:
         return []
     key = (data[:, 0] << 32) | (data[:, 1] & 0xFFFFFFFF)  # (source, op) as one sortable int
+    labels: list[str] = []
+    if by_kernel:
+        # (source, op, kernel label) as one int: kernels are named per (pid, handle).
+        labels, label_id = kernel_labels(db, data[:, 4], data[:, 5])
+        key = key * len(labels) + label_id
     order = np.argsort(key, kind="stable")
     data, key = data[order], key[order]
     starts = np.concatenate(([0], np.flatnonzero(key[1:] != key[:-1]) + 1))
@@ -99,6 +113,8 @@ def op_stats(
             "op_id": oid,
             "count": end - start,
         }
+        if by_kernel:
+            stat["kernel"] = labels[int(key[start] % len(labels))]
         stat.update({k: int(v) for k, v in zip(QUANTILES, qs)})
         stat.update(
             max_ns=int(dur.max()),
@@ -108,5 +124,5 @@ def op_stats(
             error_codes={int(c): int(n) for c, n in zip(codes, code_counts)},
         )
         out.append(stat)
-    out.sort(key=lambda s: (-s["total_ns"], s["source_id"], s["op_id"]))
+    out.sort(key=lambda s: (-s["total_ns"], s["source_id"], s["op_id"], s.get("kernel", "")))
     return out

@@ -60,6 +60,7 @@ enum wp_payload_kind {
 	WP_PL_WRITE = 5,     /* bytes a process wrote */
 	WP_PL_SSL_READ = 6,  /* plaintext after SSL_read */
 	WP_PL_SSL_WRITE = 7, /* plaintext given to SSL_write */
+	WP_PL_SYMBOL = 8,    /* a name a call was given (cuModuleGetFunction's kernel name) */
 };
 
 #define WP_PL_TRUNCATED (1u << 0) /* the syscall moved more than was captured */

@@ -130,7 +130,7 @@ def describe(records: np.ndarray, payloads: Sequence[tuple[np.void, bytes]]) -> 
     by_key: dict[tuple[int, int], dict[int, bytes]] = {}
     for hdr, data in payloads:
         kind = int(hdr["kind"])
-        if kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR):
+        if kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR, PayloadKind.SYMBOL):
             by_key.setdefault((int(hdr["tid"]), int(hdr["ts_ns"])), {})[kind] = bytes(data)
     out: list[str | None] = [None] * len(records)
     if not by_key:
@@ -146,6 +146,8 @@ def describe(records: np.ndarray, payloads: Sequence[tuple[np.void, bytes]]) -> 
         elif source == Source.HOST and op == HOST_EXEC:
             argv = [_text(a) for a in got.get(PayloadKind.ARGV, b"").rstrip(b"\0").split(b"\0") if a]
             out[i] = shlex.join(argv) if argv else _text(got.get(PayloadKind.PATH, b""))
+        elif PayloadKind.SYMBOL in got:
+            out[i] = _text(got[PayloadKind.SYMBOL])
         elif PayloadKind.SOCKADDR in got:
             out[i] = sockaddr_text(got[PayloadKind.SOCKADDR])
         elif PayloadKind.PATH in got:

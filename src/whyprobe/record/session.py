@@ -49,7 +49,7 @@ CHECKPOINT_S = 5.0
 # Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
 _BUCKETS_PER_OCTAVE = 8
 _NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
-_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR)
+_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR, PayloadKind.SYMBOL)
 
 
 @dataclass

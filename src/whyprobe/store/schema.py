@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS stack_traces (
     ips    TEXT NOT NULL,                   -- JSON array of hex IPs
     frames TEXT NOT NULL DEFAULT ''         -- JSON [{"s": symbol, "f": file, "l": line, "py": bool}]
 );
+CREATE TABLE IF NOT EXISTS kernel_names (
+    pid    INTEGER NOT NULL,
+    handle INTEGER NOT NULL,                -- launch events' arg0: host stub pointer (runtime) or CUfunction/CUkernel (driver)
+    name   TEXT NOT NULL,                   -- demangled
+    via    TEXT NOT NULL DEFAULT '',        -- symtab/dynsym of the mapped file, or the driver call that named it
+    PRIMARY KEY (pid, handle)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS process_names (
     pid        INTEGER PRIMARY KEY,
     name       TEXT NOT NULL,               -- comm
