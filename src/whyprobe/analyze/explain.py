@@ -22,6 +22,7 @@ import numpy as np
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import FirstCalls, Names
 from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze
+from whyprobe.analyze.kernels import kernel_names
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.errors import StoreError, WhyprobeError
@@ -168,6 +169,7 @@ def explain(
     names.learn(events)
     incomplete = _sched_complete(db)
     ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)
+    ctx.kernels = kernel_names(db)
     gpu_loaded = events[cudaops.is_gpu_call(events)]
     firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)

@@ -7,6 +7,7 @@ import numpy as np
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.gaps import ThreadGaps, find_gaps
+from whyprobe.analyze.kernels import KERNEL_LAUNCH, hex_handle
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
 from whyprobe.events import Source, op_name
@@ -30,6 +31,11 @@ class Context:
         self.stacks, self.names, self.window, self.degraded = stacks, names, window, degraded
         self.op_names, self.source_names = op_names, source_names
         self.incomplete_sched, self.not_stored = incomplete_sched, not_stored
+        # (pid, launch handle) -> demangled kernel name (analyze.kernels.kernel_names)
+        self.kernels: dict[tuple[int, int], str] = {}
+
+    def kernel(self, pid: int, handle: int) -> str:
+        return self.kernels.get((pid, handle)) or hex_handle(handle)
 
     def op(self, source: int, op: int) -> str:
         return self.op_names.get((source, op)) or op_name(source, op)
@@ -91,6 +97,10 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dic
         }
         if meta.get("bytes"):
             f["bytes"] = meta["bytes"]
+        if meta.get("kernels"):
+            f["kernels"] = meta["kernels"]
+            if len(meta["kernels"]) == 1:
+                f["kernel"] = meta["kernels"][0]["kernel"]
         out.append(_finish(f, ctx, gap=False))
     return out
 
@@ -129,6 +139,15 @@ def _by_op(calls) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
+def _slow_kernels(calls: np.ndarray, slow: np.ndarray, ctx: Context) -> list[dict]:
+    """The kernels the slow launches launched, most slow calls first: [{"kernel", "slow_calls"}]."""
+    counts: dict[str, int] = {}
+    for pid, handle in zip(calls["pid"][slow].tolist(), calls["arg0"][slow].tolist()):
+        name = ctx.kernel(pid, handle)
+        counts[name] = counts.get(name, 0) + 1
+    return [{"kernel": k, "slow_calls": n} for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: str | None) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Per op: quantiles and the slow set; one group per (op, thread) with slow calls.
     Returns (groups, slow call indices into `calls`, group of each)."""
@@ -148,11 +167,13 @@ def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: 
             # Slowest first, ties by time: the same trace in any row order gives the same answer.
             worst = mine[np.lexsort((calls["timestamp"][mine], -calls["duration"][mine]))[:3]]
             is_copy = (source, op) in cudaops.MEMCPY
+            kernels = _slow_kernels(calls, mine, ctx) if (source, op) in KERNEL_LAUNCH else []
             groups.append({
                 "source": ctx.source(source), "op": name, "tid": int(tid), "pid": int(calls["pid"][mine[0]]),
                 "count": int(len(in_op)), "thread_calls": int((calls["tid"][in_op] == tid).sum()),
                 "p50": p50, "p99": p99, "p999": p999, "threshold": threshold,
                 "bytes": int(np.median(calls["arg0"][mine])) if is_copy else 0,
+                "kernels": kernels,
                 "slowest": [{"timestamp_ns": int(calls["timestamp"][j]), "duration_ns": int(calls["duration"][j])} for j in worst.tolist()],
             })
             slow_idx.append(mine)

@@ -45,4 +45,19 @@ def kernel_labels(db: TraceDB, pids: np.ndarray, handles: np.ndarray) -> tuple[l
     return labels, pair_label[inverse.reshape(-1)]
 
 
-__all__ = ["KERNEL_LAUNCH", "hex_handle", "kernel_labels", "kernel_names"]
+def split_by_kernel(db: TraceDB, where: str, params: list, limit: int = 20) -> tuple[list[dict], int]:
+    """Per kernel of the launches selected by `where`: count, p50/p99/max, total; (top by total time, kernels left out)."""
+    rows = np.array(db.conn.execute(f"SELECT pid, COALESCE(arg0, 0), duration FROM events WHERE {where}", params).fetchall(), np.int64).reshape(-1, 3)
+    if not len(rows):
+        return [], 0
+    labels, label_id = kernel_labels(db, rows[:, 0], rows[:, 1])
+    out = []
+    for i, name in enumerate(labels):
+        d = rows[label_id == i, 2]
+        p50, p99 = np.percentile(d, [50, 99])
+        out.append({"kernel": name, "count": int(len(d)), "p50_ns": float(p50), "p99_ns": float(p99), "max_ns": int(d.max()), "total_ns": int(d.sum())})
+    out.sort(key=lambda k: (-k["total_ns"], k["kernel"]))
+    return out[:limit], max(0, len(out) - limit)
+
+
+__all__ = ["KERNEL_LAUNCH", "hex_handle", "kernel_labels", "kernel_names", "split_by_kernel"]

@@ -193,7 +193,7 @@ def _register_tools(mcp: MCPServer, state: T.ServerState) -> None:
         tid: OptTid = None,
         outliers: Annotated[int, Field(ge=0, le=100, description="How many slowest launches to list.")] = 10,
     ) -> Out:
-        """Kernel-launch latency: distribution (p50..p99.9), log2 histogram, outliers, per-thread split."""
+        """Kernel-launch latency: distribution (p50..p99.9), log2 histogram, outliers, per-thread and per-kernel split (demangled names, hex when unresolved)."""
         return _answer(state, T.analyze_gpu_launch_latency_tool, op=op, pid=pid, tid=tid, outliers=outliers)
 
     @mcp.tool(annotations=RO)

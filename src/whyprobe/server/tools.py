@@ -436,6 +436,9 @@ def analyze_gpu_launch_latency_tool(state: ServerState, *, op: str | None, pid: 
             td = d[rows[:, 1] == t]
             threads.append({"tid": int(t), "count": int(len(td)), "p50_ns": float(np.percentile(td, 50)), "p99_ns": float(np.percentile(td, 99)), "max_ns": int(td.max()), "total_ns": int(td.sum())})
         threads.sort(key=lambda x: -x["total_ns"])
+        from whyprobe.analyze.kernels import split_by_kernel
+
+        kernels, kernels_omitted = split_by_kernel(db, where, params)
         return {
             "op": chosen, "count": int(len(d)),
             "p50_ns": float(q[0]), "p90_ns": float(q[1]), "p99_ns": float(q[2]), "p999_ns": float(q[3]),
@@ -443,12 +446,14 @@ def analyze_gpu_launch_latency_tool(state: ServerState, *, op: str | None, pid: 
             "histogram_log2": buckets,
             "outliers": [{"id": int(rows[i, 0]), "tid": int(rows[i, 1]), "duration_ns": int(rows[i, 2]), "timestamp_ns": int(rows[i, 3])} for i in order],
             "threads": threads[:20], "threads_omitted": max(0, len(threads) - 20),
+            "kernels": kernels, "kernels_omitted": kernels_omitted,
         }
 
     data = state.cached(("launch", chosen, pid, tid, outliers), compute)
     summary = (
         f"{data['count']} {chosen} calls: p50 {fmt_ns(data['p50_ns'])}, p99 {fmt_ns(data['p99_ns'])}, "
         f"max {fmt_ns(data['max_ns'])} (p99/p50 {data['tail_ratio'] or 0:.1f}x) across {len(data['threads']) + data['threads_omitted']} thread(s)"
+        f" and {len(data['kernels']) + data['kernels_omitted']} kernel(s)"
     )
     return ToolResult(summary, data, data["count"])
 
