@@ -21,12 +21,12 @@ import numpy as np
 
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import FirstCalls, Names
-from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze
+from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze, retransmit_peer
 from whyprobe.analyze.kernels import kernel_names
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.errors import StoreError, WhyprobeError
-from whyprobe.events import Source
+from whyprobe.events import F_SOCK_OWNER, Source
 from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]
@@ -120,6 +120,17 @@ def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> Eve
     return rows[is_call | sched | host].compact()
 
 
+def _retransmits(db: TraceDB, start: int, end: int) -> list[tuple[int, int, str]]:
+    """(timestamp, owner tid, peer) of TCP retransmits the kernel tied to a traced thread's socket."""
+    if not db.has("events", "detail") or not db.has("events", "flags"):
+        return []
+    rows = db.conn.execute(
+        "SELECT timestamp, tid, detail FROM events WHERE +source = ? AND op = 1 AND (flags & ?) != 0 AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
+        (int(Source.TCP), F_SOCK_OWNER, start, end),
+    ).fetchall()
+    return [(int(ts), int(tid), retransmit_peer(detail)) for ts, tid, detail in rows]
+
+
 def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
     firsts = FirstCalls()
     if whole_trace:
@@ -170,6 +181,7 @@ def explain(
     incomplete = _sched_complete(db)
     ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)
     ctx.kernels = kernel_names(db)
+    ctx.retransmits = _retransmits(db, start, end)
     gpu_loaded = events[cudaops.is_gpu_call(events)]
     firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)

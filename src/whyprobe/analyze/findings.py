@@ -33,6 +33,8 @@ class Context:
         self.incomplete_sched, self.not_stored = incomplete_sched, not_stored
         # (pid, launch handle) -> demangled kernel name (analyze.kernels.kernel_names)
         self.kernels: dict[tuple[int, int], str] = {}
+        # TCP retransmits on traced threads' own sockets: (timestamp, tid, peer address) sorted by time
+        self.retransmits: list[tuple[int, int, str]] = []
 
     def kernel(self, pid: int, handle: int) -> str:
         return self.kernels.get((pid, handle)) or hex_handle(handle)
@@ -76,6 +78,29 @@ def _finish(f: dict, ctx: Context, gap: bool) -> dict:
     return f
 
 
+def retransmit_peer(detail: str | None) -> str:
+    """The remote end of a retransmit's 'src:port -> dst:port STATE' (the owner's socket: dst is its peer)."""
+    return (detail or "").partition(" -> ")[2].split(" ", 1)[0]
+
+
+def _add_peers(causes: list[dict], tid: int, starts: np.ndarray, ends: np.ndarray, ctx: Context) -> None:
+    """Name the peers of the retransmits inside the targets, on the network cause they explain."""
+    net = next((c for c in causes if c["kind"] == "network"), None)
+    if net is None or not ctx.retransmits:
+        return
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts)[order], np.asarray(ends)[order]
+    counts: dict[str, int] = {}
+    for ts, rtid, peer in ctx.retransmits:
+        if rtid != tid:
+            continue
+        i = int(np.searchsorted(starts, ts, "right")) - 1
+        if i >= 0 and ts < ends[i]:
+            counts[peer] = counts.get(peer, 0) + 1
+    if counts:
+        net["peers"] = [{"peer": p, "retransmits": n} for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dict]:
     out = []
     for g, meta in enumerate(groups):
@@ -97,6 +122,8 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dic
         }
         if meta.get("bytes"):
             f["bytes"] = meta["bytes"]
+        if "windows" in meta:
+            _add_peers(f["causes"], meta["tid"], *meta["windows"], ctx)
         if meta.get("kernels"):
             f["kernels"] = meta["kernels"]
             if len(meta["kernels"]) == 1:
@@ -122,6 +149,7 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
             "causes": engine.causes_of(att, members, ctx.names), "stack": [],
             "gaps": [{"start_ns": int(g.start[j]), "end_ns": int(g.end[j]), "ns": int(lengths[j])} for j in top.tolist()],
         }
+        _add_peers(f["causes"], g.tid, g.start, g.end, ctx)
         out.append(_finish(f, ctx, gap=True))
     return out
 
@@ -198,6 +226,9 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
         baseline = np.array([groups[g]["p50"] for g in slow_group.tolist()], np.int64)
         final, att = engine.attribute_tails(calls, slow_idx, baseline, events, gpu_all, layers, firsts)
         lost = np.maximum(calls["duration"][slow_idx] - baseline, 0)
+        for g, meta in enumerate(groups):
+            mine = slow_idx[slow_group == g]
+            meta["windows"] = (calls["timestamp"][mine], calls["timestamp"][mine] + calls["duration"][mine])
         findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx)
 
     if op is None or op == GAP_OP:

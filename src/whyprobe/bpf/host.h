@@ -27,6 +27,13 @@
 /* task_struct->__state bits of a task that will never run again. */
 #define WP_TASK_DEAD_MASK (0x80 | 0x20 | 0x10) /* TASK_DEAD | EXIT_ZOMBIE | EXIT_DEAD */
 
+/* Last traced thread that sent or received on a TCP socket (net.bpf.c `socks`). */
+struct wp_sock_owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tid;
+};
+
 /* Payload of a tcp_retransmit_skb event: the tracepoint's address block as is. */
 struct wp_tcp_addrs {
 	__u16 sport;

@@ -59,12 +59,12 @@ def _chosen(prog: str, names: set[str], btf: bool) -> bool:
     return True
 
 
-def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str] = (), **rodata: int) -> BpfObject:
-    """Load one of each tp_btf/raw_tp pair; maps only the raw_tp programs use shrink to one entry under tp_btf."""
+def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str] = (), skip: Sequence[str] = (), **rodata: int) -> BpfObject:
+    """Load one of each tp_btf/raw_tp pair (and none of `skip`); maps only the raw_tp programs use shrink to one entry under tp_btf."""
     obj = probes.open(name)
     names = set(obj.program_names())
     btf = caps.can("tp_btf")
-    enabled = [p for p in sorted(names) if _chosen(p, names, btf)]
+    enabled = [p for p in sorted(names) if _chosen(p, names, btf) and p not in skip]
     for p in names:
         obj.set_autoload(p, p in enabled)
     if btf:
@@ -366,8 +366,11 @@ class NetFamily:
         self.obj: BpfObject | None = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        self.obj = _load_and_attach(probes, "net")
-        return []
+        # sock_send_length/sock_recv_length (Linux 6.4+) tell retransmits which traced thread owns the socket.
+        have_owner = any(os.path.isdir(f"{root}/events/sock/sock_send_length") for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+        skip = () if have_owner else ("handle_sock_send", "handle_sock_recv")
+        self.obj = _load_and_attach(probes, "net", skip=skip)
+        return [] if have_owner else ["net: no sock_send_length tracepoint (Linux < 6.4): retransmits are not tied to the traced threads"]
 
     def on_batch(self, records: np.ndarray) -> None:
         return None
