@@ -60,6 +60,7 @@ F_PREEMPTED = 1 << 2
 F_HAS_PAYLOAD = 1 << 3
 F_HAS_PYSTACK = 1 << 4
 F_SOCK_OWNER = 1 << 8
+F_FAULT_WAIT = 1 << 9
 
 
 class Source(IntEnum):
@@ -159,11 +160,14 @@ OPS: list[OpInfo] = (
             (1, "sched_switch", "Off-CPU interval of a traced thread (duration = off-CPU time)"),
             (2, "sched_wakeup", "A traced thread was woken (arg1 = waker tid)"),
             (3, "mm_page_alloc", "Kernel page allocation (arg0 = bytes)"),
-            (4, "oom_kill", "Out-of-memory killer invoked"),
+            (4, "oom_kill", "Out-of-memory kill (pid/tid = the allocating task, arg0 = victim pid, arg1/arg2 = its anon/file rss pages)"),
             (5, "process_exec", "execve (detail = filename and argv head)"),
             (6, "process_exit", "Process exited (ret = exit code)"),
             (7, "process_fork", "Process forked (arg0 = child pid, auto-enrolled)"),
             (8, "page_fault", "User page fault (arg0 = address)"),
+            (20, "direct_reclaim", "Direct reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
+            (21, "memcg_reclaim", "Cgroup memory reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
+            (22, "compaction", "Memory compaction in a traced thread's context (arg0 = status, arg1 = sync)"),
         ],
     )
     + _ops(

@@ -41,9 +41,11 @@ from whyprobe.analyze.evidence import (
 )
 from whyprobe.analyze.gaps import ThreadGaps
 from whyprobe.analyze.offcpu import PREEMPTED, OffCpu
-from whyprobe.events import F_SOCK_OWNER, Source
+from whyprobe.events import F_FAULT_WAIT, F_SOCK_OWNER, Source
 
 TCP_RETRANSMIT = 1  # op of Source.TCP
+SCHED_SWITCH_OP, OOM_KILL_OP = 1, 4  # ops of Source.HOST
+MEMORY_STALL_OPS = {20: "direct_reclaim", 21: "memcg_reclaim", 22: "compaction"}  # ops of Source.HOST (bpf/mem.bpf.c); 10-12 are Ingero's pod events
 MAD_K = 5.0
 MIN_TAIL_FACTOR = 2.0
 TOP_BLOCKERS = 5
@@ -147,15 +149,31 @@ def _retransmit_waits(tcp: np.ndarray, offcpu: OffCpu, off: np.ndarray) -> Layer
     return Layer("network", blocked.key[e], blocked.start[e], blocked.end[e], _unknown(len(e)), _unknown(len(e)), _unknown(len(e)))
 
 
+def memory_stalls(events: np.ndarray) -> np.ndarray:
+    """Rows that are memory stalls of a thread: reclaim and compaction intervals, and
+    blocked intervals that began in a page fault (F_FAULT_WAIT)."""
+    host = events["source"] == int(Source.HOST)
+    stall = host & np.isin(events["op"], list(MEMORY_STALL_OPS))
+    fault = host & (events["op"] == SCHED_SWITCH_OP) & ((np.asarray(events["flags"], np.int64) & F_FAULT_WAIT) != 0)
+    return events[(stall | fault) & (events["duration"] > 0)]
+
+
+def _memory(events: np.ndarray) -> Layer:
+    rows = memory_stalls(events)
+    start = _col(rows, "timestamp")
+    n = len(rows)
+    return Layer("memory", _col(rows, "tid"), start, start + _col(rows, "duration"), _unknown(n), _unknown(n), _unknown(n))
+
+
 def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], bool]) -> list[Layer]:
-    """Host evidence in priority order: preempted, I/O, network, syscalls, blocked, on-CPU."""
+    """Host evidence in priority order: preempted, memory stalls, I/O, network, syscalls, blocked, on-CPU."""
     pre = offcpu.state == PREEMPTED
     off = ~pre
     io = events[(events["source"] == int(Source.IO)) & (events["duration"] > 0)]
     net = events[(events["source"] == int(Source.NET)) & (events["duration"] > 0)]
     tcp = events[(events["source"] == int(Source.TCP)) & (events["op"] == TCP_RETRANSMIT)]
     sysc = events[(events["source"] == int(Source.SYSCALL)) & (events["duration"] > 0)]
-    layers = [_preempted(offcpu, pre)]
+    layers = [_preempted(offcpu, pre), _memory(events)]
     layers.append(_io_while_blocked(io, offcpu, off))
     layers.append(_retransmit_waits(tcp, offcpu, off))
     for kind, rows, by_pid in (("network", net, False), ("syscall", sysc, False)):

@@ -113,11 +113,12 @@ def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> Eve
     is_call = np.isin(source, TAIL_SOURCES)
     tids, pids = np.unique(tid[is_call]), np.unique(rows["pid"][is_call])
     mine = np.isin(tid, tids)
-    sched = (source == SCHED_SWITCH[0]) & (rows["op"] == SCHED_SWITCH[1]) & mine
+    sched = (source == SCHED_SWITCH[0]) & np.isin(rows["op"], (SCHED_SWITCH[1], *engine.MEMORY_STALL_OPS)) & mine
+    oom = (source == SCHED_SWITCH[0]) & (rows["op"] == engine.OOM_KILL_OP)
     by_pid = (source == int(Source.IO)) | (source == int(Source.TCP))
     by_tid = (source == int(Source.NET)) | (source == int(Source.SYSCALL))
     host = (by_pid & np.isin(rows["pid"], pids)) | (by_tid & mine)
-    return rows[is_call | sched | host].compact()
+    return rows[is_call | sched | oom | host].compact()
 
 
 def _retransmits(db: TraceDB, start: int, end: int) -> list[tuple[int, int, str]]:

@@ -10,7 +10,7 @@ from whyprobe.analyze.gaps import ThreadGaps, find_gaps
 from whyprobe.analyze.kernels import KERNEL_LAUNCH, hex_handle
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
-from whyprobe.events import Source, op_name
+from whyprobe.events import F_FAULT_WAIT, Source, op_name
 
 GAP_OP = "gpu_idle"
 TAIL_SOURCES = (int(Source.CUDA), int(Source.DRIVER), int(Source.CUSTOM))
@@ -35,6 +35,9 @@ class Context:
         self.kernels: dict[tuple[int, int], str] = {}
         # TCP retransmits on traced threads' own sockets: (timestamp, tid, peer address) sorted by time
         self.retransmits: list[tuple[int, int, str]] = []
+        # Memory stall rows and OOM kills of the analyzed events (set by analyze())
+        self.memory: np.ndarray | None = None
+        self.ooms: np.ndarray | None = None
 
     def kernel(self, pid: int, handle: int) -> str:
         return self.kernels.get((pid, handle)) or hex_handle(handle)
@@ -101,6 +104,34 @@ def _add_peers(causes: list[dict], tid: int, starts: np.ndarray, ends: np.ndarra
         net["peers"] = [{"peer": p, "retransmits": n} for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+def _add_stalls(causes: list[dict], tid: int, pid: int, starts: np.ndarray, ends: np.ndarray, ctx: Context) -> None:
+    """Count the memory stalls inside the targets (and OOM kills in their process) on the memory cause."""
+    mem = next((c for c in causes if c["kind"] == "memory"), None)
+    if mem is None or ctx.memory is None:
+        return
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
+    rows = ctx.memory
+
+    def inside(ts: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(starts, ts, "right") - 1
+        return (i >= 0) & (ts < ends[np.maximum(i, 0)])
+
+    mine = rows[(rows["tid"] == tid) & inside(np.asarray(rows["timestamp"], np.int64))]
+    stalls: dict[str, int] = {}
+    for op, flags in zip(mine["op"].tolist(), mine["flags"].tolist()):
+        name = engine.MEMORY_STALL_OPS.get(op) or ("page_fault_wait" if flags & F_FAULT_WAIT else "")
+        if name:
+            stalls[name] = stalls.get(name, 0) + 1
+    if stalls:
+        mem["stalls"] = dict(sorted(stalls.items()))
+    ooms = ctx.ooms
+    hit = ooms[((ooms["pid"] == pid) | (ooms["arg0"] == pid)) & inside(np.asarray(ooms["timestamp"], np.int64))] if ooms is not None else []
+    if len(hit):
+        mem["oom_kills"] = [{"victim_pid": int(v), "by_tid": int(t), "timestamp_ns": int(ts)}
+                            for v, t, ts in zip(hit["arg0"].tolist(), hit["tid"].tolist(), hit["timestamp"].tolist())]
+
+
 def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dict]:
     out = []
     for g, meta in enumerate(groups):
@@ -124,6 +155,7 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dic
             f["bytes"] = meta["bytes"]
         if "windows" in meta:
             _add_peers(f["causes"], meta["tid"], *meta["windows"], ctx)
+            _add_stalls(f["causes"], meta["tid"], meta["pid"], *meta["windows"], ctx)
         if meta.get("kernels"):
             f["kernels"] = meta["kernels"]
             if len(meta["kernels"]) == 1:
@@ -150,6 +182,7 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
             "gaps": [{"start_ns": int(g.start[j]), "end_ns": int(g.end[j]), "ns": int(lengths[j])} for j in top.tolist()],
         }
         _add_peers(f["causes"], g.tid, g.start, g.end, ctx)
+        _add_stalls(f["causes"], g.tid, g.pid, g.start, g.end, ctx)
         out.append(_finish(f, ctx, gap=True))
     return out
 
@@ -219,6 +252,9 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
     calls = events[in_window & np.isin(events["source"], TAIL_SOURCES)]
     offcpu = off_cpu_intervals(events, degraded=ctx.degraded)
     layers = engine.host_layers(events, offcpu, on_cpu_ok)
+    ctx.memory = engine.memory_stalls(events)
+    host = events[events["source"] == int(Source.HOST)]
+    ctx.ooms = host[host["op"] == engine.OOM_KILL_OP]
     findings = []
 
     groups, slow_idx, slow_group = tail_groups(calls, ctx, pid, op)

@@ -7,9 +7,13 @@
 /* WP_SRC_HOST */
 #define HOST_OP_SCHED_SWITCH 1
 #define HOST_OP_SCHED_WAKEUP 2
+#define HOST_OP_OOM_KILL 4
 #define HOST_OP_PROCESS_EXEC 5
 #define HOST_OP_PROCESS_EXIT 6
 #define HOST_OP_PROCESS_FORK 7
+#define HOST_OP_DIRECT_RECLAIM 20 /* 10-12 are Ingero's pod_restart, pod_eviction, pod_oom_kill */
+#define HOST_OP_MEMCG_RECLAIM 21
+#define HOST_OP_COMPACTION 22
 
 /* WP_SRC_IO */
 #define IO_OP_READ 1

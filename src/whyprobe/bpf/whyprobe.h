@@ -31,6 +31,7 @@ enum wp_source {
 #define WP_F_HAS_PAYLOAD (1u << 3) /* a payload record with the same (tid, ts_ns) follows */
 #define WP_F_HAS_PYSTACK (1u << 4) /* a Python stack is stored under aux */
 #define WP_F_SOCK_OWNER (1u << 8)  /* tcp_retransmit: pid/tid are the socket's owner, not the current task */
+#define WP_F_FAULT_WAIT (1u << 9)  /* sched_switch: blocked outside any syscall (in a page fault) */
 
 /* One fixed-size record in the `events` ring. Widest fields first, no holes. */
 struct wp_event {

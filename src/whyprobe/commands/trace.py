@@ -13,7 +13,7 @@ from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes
 from whyprobe.record.targets import check_out
 
-HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
+HOST_FAMILIES = ("proc", "sched", "block", "net", "mem", "syscalls")
 DEFAULT_RING = 16 << 20
 
 
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
         out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
-        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,mem,syscalls,proc,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
         ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),

@@ -12,7 +12,10 @@ modules rely on:
   ARGV; exit ret = exit status (-signal when killed), arg0 = raw exit_code.
 * IO/block_*: ts = issue, duration = issue->completion, arg0 = bytes,
   arg1 = dev_t, arg2 = sector, aux = queued ns, pid/tid/comm = submitter.
-* TCP/tcp_retransmit: arg0 = state, arg1 = sport, arg2 = dport, aux = family.
+* TCP/tcp_retransmit: arg0 = state, arg1 = sport, arg2 = dport, aux = family;
+  pid/tid = the socket's traced owner when F_SOCK_OWNER.
+* HOST/direct_reclaim|memcg_reclaim|compaction: stall intervals of traced
+  threads; HOST/oom_kill: arg0 = victim pid (bpf/mem.bpf.c).
 * NET/net_send|net_recv: arg0 = bytes, arg1 = fd, arg2 = syscall nr.
 * SYSCALL (op = nr): see syscalls_x86_64.EVENT_DESCRIPTIONS.
 
@@ -379,6 +382,25 @@ class NetFamily:
         return None
 
 
+class MemFamily:
+    """Memory stalls of the traced threads: direct/memcg reclaim, compaction; OOM kills (bpf/mem.bpf.c)."""
+
+    name = "mem"
+
+    def __init__(self) -> None:
+        self.obj: BpfObject | None = None
+
+    def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        self.obj = _load_and_attach(probes, "mem")
+        return []
+
+    def on_batch(self, records: np.ndarray) -> None:
+        return None
+
+    def finish(self, probes: ProbeSet, writer: object) -> None:
+        return None
+
+
 # ---- syscalls -----------------------------------------------------------------------------
 
 STATS_COLUMNS = ("session_id", "pid", "tid", "nr", "count", "errors", "total_ns", "max_ns", "hist")
@@ -436,6 +458,7 @@ class SyscallsFamily:
 
 __all__ = [
     "BlockFamily",
+    "MemFamily",
     "NetFamily",
     "ProcFamily",
     "SchedFamily",
