@@ -12,6 +12,7 @@ import pytest
 
 from whyprobe.analyze.explain import explain
 from whyprobe.demo.build import build_workloads
+from whyprobe.events import F_FAULT_WAIT, F_PREEMPTED
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
 from whyprobe.probes.host import BlockFamily, MemFamily, SchedFamily
@@ -134,3 +135,41 @@ def test_reclaim_inside_slow_copies_is_a_memory_cause(tmp_path: Path, memcg: Pat
     assert memory["slow_calls"] == calls_with_reclaim
     assert memory["stalls"]["memcg_reclaim"] == reclaims
     assert f"memory {fmt_ns(memory['explained_ns'])}" in f["summary"]
+
+
+FAULTER = r"""
+import mmap, os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(3):
+    time.sleep(0.03)  # blocked inside a syscall
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+m.madvise(mmap.MADV_RANDOM)  # no readahead: every touch below is a major fault
+total = sum(m[off] for off in range(0, len(m), 1 << 20))
+print("done", total >= 0, flush=True)
+"""
+
+
+def test_blocked_in_a_page_fault_is_flagged_and_a_syscall_wait_is_not(tmp_path: Path, big_file: Path) -> None:
+    # GIVEN a traced process that sleeps in nanosleep, then takes major faults on an evicted file mapping
+    proc = subprocess.Popen([sys.executable, "-c", FAULTER, str(big_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    db = tmp_path / "t.db"
+    session = TraceSession(db, [SchedFamily()], TargetSpec(pids=[proc.pid]), TraceOptions(ring_bytes=1 << 22))
+    try:
+        session.start()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        session.run(lambda: proc.poll() is not None)
+    finally:
+        session.stop()
+    assert proc.wait() == 0 and proc.stdout.read() == "done True\n"
+    with open_trace(db) as t:
+        rows = t.conn.execute("SELECT duration, flags FROM events WHERE source = 3 AND op = 1 AND tid = ?", (proc.pid,)).fetchall()
+    blocked = [(d, fl) for d, fl in rows if not fl & F_PREEMPTED]
+    # THEN the three sleeps are blocked intervals without the flag, and the fault waits carry it
+    sleeps = [fl for d, fl in blocked if d >= 25_000_000]
+    assert len(sleeps) == 3 and not any(fl & F_FAULT_WAIT for fl in sleeps)
+    assert sum(1 for _, fl in blocked if fl & F_FAULT_WAIT) >= 1
