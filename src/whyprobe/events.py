@@ -152,6 +152,7 @@ OPS: list[OpInfo] = (
             (22, "cudaStreamWaitEvent", "Make a stream wait for an event (arg2 = stream)"),
             (23, "cudaEventQuery", "Poll an event (arg0 = event)"),
             (24, "cudaStreamQuery", "Poll a stream (arg2 = stream)"),
+            (25, "cudaGetKernel", "Kernel handle of a host stub, as CUDA 13 launch stubs get it (arg0 = host function, arg1 = cudaKernel_t returned)"),
         ],
     )
     + _ops(

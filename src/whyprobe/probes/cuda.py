@@ -118,6 +118,9 @@ _RUNTIME_SPEC: list[tuple[str, str, Layout, str | None]] = [
     ("cudaStreamWaitEvent", "cudaStreamWaitEvent", L.STREAM_WAIT, "_ptsz"),
     ("cudaEventQuery", "cudaEventQuery", L.PTR, None),
     ("cudaStreamQuery", "cudaStreamQuery", L.STREAM, "_ptsz"),
+    # CUDA 13 stubs launch a cudaKernel_t from __cudaGetKernel(&handle, hostFun): handle -> stub -> name.
+    ("cudaGetKernel", "cudaGetKernel", L.GET_FUNC_OF, None),
+    ("__cudaGetKernel", "cudaGetKernel", L.GET_FUNC_OF, None),
 ]
 
 _DRIVER_SPEC: list[tuple[str, str, Layout, str | None, int]] = [

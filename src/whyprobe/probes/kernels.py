@@ -4,7 +4,9 @@ Two ways a launch names its kernel (FACTS-cuda-cpython.md 1.6):
 
 * Runtime launches (cudaLaunchKernel & co) pass the host stub of the kernel:
   the pointer lies in a mapped file, and the symbol it points into (.symtab,
-  else .dynsym) is the kernel's C++ name, demangled.
+  else .dynsym) is the kernel's C++ name, demangled. CUDA 13 stubs launch a
+  cudaKernel_t that (__)cudaGetKernel returned for the stub: that handle takes
+  the stub's name.
 * Driver launches (cuLaunchKernel, what Triton and JIT code use) pass a
   CUfunction that cuModuleGetFunction / cuLibraryGetKernel returned for a name,
   or that cuKernelGetFunction derived from such a CUkernel: the CUDA probes
@@ -26,7 +28,8 @@ from whyprobe.demangle import demangle
 from whyprobe.events import PayloadKind, Source
 from whyprobe.probes.stacks import Mapping, read_maps, read_mem, symbolize_native
 
-RUNTIME_LAUNCH_OPS = (3, 13)  # cudaLaunchKernel, cudaLaunchKernelExC (arg0 = host stub)
+RUNTIME_LAUNCH_OPS = (3, 13)  # cudaLaunchKernel, cudaLaunchKernelExC (arg0 = host stub or cudaKernel_t)
+GET_KERNEL_OP = 25  # cudaGetKernel / __cudaGetKernel: arg0 = host stub, arg1 = cudaKernel_t
 GET_FUNCTION, GET_KERNEL, KERNEL_FUNCTION = 15, 16, 17  # driver ops in events.py
 _VIA = {GET_FUNCTION: "cuModuleGetFunction", GET_KERNEL: "cuLibraryGetKernel", KERNEL_FUNCTION: "cuKernelGetFunction"}
 COLUMNS = ("pid", "handle", "name", "via")
@@ -47,6 +50,7 @@ class KernelNames:
         self._maps: dict[int, list[Mapping]] = {}
         self._symbols: dict[tuple[int, int], bytes] = {}  # (tid, ts) -> name of a driver lookup
         self._derived: dict[tuple[int, int], tuple[int, int]] = {}  # CUfunction -> CUkernel not named yet
+        self._stub_of: dict[tuple[int, int], tuple[int, int]] = {}  # cudaKernel_t -> host stub
 
     def on_payloads(self, payloads: Sequence[tuple[np.void, bytes]]) -> None:
         for hdr, data in payloads:
@@ -65,6 +69,13 @@ class KernelNames:
                 if (pid, ptr) not in self._seen:
                     self._seen.add((pid, ptr))
                     self._locate(pid, ptr)
+        stubs = gpu[(gpu["source"] == Source.CUDA) & (gpu["op"] == GET_KERNEL_OP) & (gpu["ret"] == 0)]
+        for pid, stub, handle in zip(stubs["pid"].tolist(), stubs["arg0"].tolist(), stubs["arg1"].tolist()):
+            if (pid, stub) not in self._seen:
+                self._seen.add((pid, stub))
+                self._locate(pid, stub)
+            if handle != stub:
+                self._stub_of[(pid, handle)] = (pid, stub)
         lookups = gpu[(gpu["source"] == Source.DRIVER) & np.isin(gpu["op"], tuple(_VIA)) & (gpu["ret"] == 0)]
         for r in lookups:
             self._driver(int(r["op"]), int(r["pid"]), int(r["tid"]), int(r["ts_ns"]), int(r["arg0"]), int(r["arg1"]), int(r["arg2"]))
@@ -116,6 +127,9 @@ class KernelNames:
             if name.startswith("0x") or "+0x" in name:
                 continue
             self.names[(pid, ptr)] = (name, "symbols of " + m.path.removesuffix(" (deleted)"))
+        for handle, stub in self._stub_of.items():
+            if stub in self.names and handle not in self.names:
+                self.names[handle] = (self.names[stub][0], "cudaGetKernel of a stub in " + self.names[stub][1].removeprefix("symbols of "))
 
     def rows(self) -> list[tuple[int, int, str, str]]:
         return [(pid, _signed(handle), name, via) for (pid, handle), (name, via) in sorted(self.names.items())]

@@ -107,6 +107,7 @@ static int c_cu_free(void *fn, const struct params *p) { (void)p; return CALL(in
 static int c_cu_memmap(void *fn, const struct params *p) { return CALL(int (*)(uint64_t, size_t, size_t, uint64_t, unsigned long long), (uint64_t)DEV, p->size, 0, 1, 0); }
 static int c_cu_memcreate(void *fn, const struct params *p) { uint64_t h; return CALL(int (*)(uint64_t *, size_t, const void *, unsigned long long), &h, p->size, NULL, 0); }
 static void *lib;
+static int c_get_kernel(void *fn, const struct params *p) { void *h; (void)p; return CALL(int (*)(void **, const void *), &h, (void *)fake_kernel); }
 static int c_cu_get(void *fn, const struct params *p) { void *h; (void)p; return CALL(int (*)(void **, void *, const char *), &h, DEV, "standin_kernel"); }
 /* A CUkernel to derive from, made by the stand-in's unprobed helper so the plan's call counts stay exact. */
 static int c_cu_kernel_function(void *fn, const struct params *p)
@@ -127,7 +128,8 @@ static const struct { const char *name; caller_fn call; } CALLERS[] = {
 	{ "cudaMemcpyPeer", c_peer }, { "cudaMemcpyPeerAsync", c_peer_async }, { "cudaMemset", c_memset },
 	{ "cudaMemsetAsync", c_memset_async }, { "cudaStreamSynchronize", c_stream }, { "cudaDeviceSynchronize", c_void },
 	{ "cudaEventSynchronize", c_ptr }, { "cudaStreamWaitEvent", c_stream_wait }, { "cudaEventQuery", c_ptr },
-	{ "cudaStreamQuery", c_stream }, { "standin_empty", c_void },
+	{ "cudaStreamQuery", c_stream }, { "cudaGetKernel", c_get_kernel }, { "__cudaGetKernel", c_get_kernel },
+	{ "standin_empty", c_void },
 	{ "cuLaunchKernel", c_cu_launch }, { "cuLaunchKernelEx", c_launch_cfg }, { "cuGraphLaunch", c_ptr_stream },
 	{ "cuMemcpyHtoD_v2", c_cu_copy }, { "cuMemcpyDtoH_v2", c_cu_copy }, { "cuMemcpyDtoD_v2", c_cu_copy },
 	{ "cuMemcpyHtoDAsync_v2", c_cu_copy_async }, { "cuMemcpyDtoHAsync_v2", c_cu_copy_async },

@@ -227,6 +227,33 @@ VARIANTS(cudaError_t, cudaStreamWaitEvent, _ptsz, (cudaStream_t s, cudaEvent_t e
 API cudaError_t cudaEventQuery(cudaEvent_t e) { (void)e; return busy_until > now_ns() ? 600 : 0; }
 VARIANTS(cudaError_t, cudaStreamQuery, _ptsz, (cudaStream_t s), (s)) { (void)s; return busy_until > now_ns() ? 600 : 0; }
 /* An empty function for the overhead bench: the cost of a bare probe pair. */
+/* CUDA 13 launch stubs ask for a cudaKernel_t per host stub and launch that:
+ * an opaque handle per stub, as a runtime with a driver may return. */
+#define STANDIN_MAX_STUBS 64
+static const void *stubs[STANDIN_MAX_STUBS];
+static int nstubs;
+static pthread_mutex_t stubs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static cudaError_t get_kernel(void **handle, const void *stub)
+{
+	int i;
+
+	if (!handle || !stub)
+		return 1; /* cudaErrorInvalidValue */
+	pthread_mutex_lock(&stubs_lock);
+	for (i = 0; i < nstubs && stubs[i] != stub; i++)
+		;
+	if (i == nstubs && nstubs < STANDIN_MAX_STUBS)
+		stubs[nstubs++] = stub;
+	pthread_mutex_unlock(&stubs_lock);
+	if (i == STANDIN_MAX_STUBS)
+		return 2; /* cudaErrorMemoryAllocation */
+	*handle = (void *)&stubs[i];
+	return 0;
+}
+API cudaError_t cudaGetKernel(void **handle, const void *stub) { return get_kernel(handle, stub); }
+API cudaError_t __cudaGetKernel(void **handle, const void *stub) { return get_kernel(handle, stub); }
+
 API int standin_empty(void) { return 0; }
 #endif /* STANDIN_RUNTIME */
 
