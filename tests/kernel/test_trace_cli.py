@@ -14,6 +14,7 @@ import pytest
 
 from whyprobe.commands import main
 from whyprobe.demo.build import build_workloads
+from whyprobe.probes.cuda import RUNTIME_SYMBOLS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def test_cmd_run_without_lib_attaches_what_the_linker_would_load(bpf_required, t
     doc = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert doc["ops"]["cudaFree"]["count"] == 77 and doc["command_exit_status"] == 0
     flags = json.loads(sqlite3.connect(tmp_path / "t.db").execute("SELECT flags FROM sessions").fetchone()[0])
-    assert {"path": str(w.cudart), "via": "LD_LIBRARY_PATH", "symbols": 38, "missing": []} in flags["cuda_libraries"]
+    assert {"path": str(w.cudart), "via": "LD_LIBRARY_PATH", "symbols": len(RUNTIME_SYMBOLS), "missing": []} in flags["cuda_libraries"]
 
 
 def test_ring_overflow_is_printed(bpf_required, tmp_path, capsys):
