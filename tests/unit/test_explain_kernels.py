@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from test_mcp_tools import call  # noqa: E402
 
 from whyprobe.analyze.explain import explain
 from whyprobe.analyze.stats import op_stats
+from whyprobe.commands import main
 from whyprobe.store.reader import open_trace
 
 SGEMM = "_Z22ampere_sgemm_128x64_tnPfi"  # stored as the trace found it; shown demangled
@@ -68,3 +70,17 @@ def test_ingero_capture_keeps_hex(shared_data: Path) -> None:
         total = t.conn.execute("SELECT COUNT(*) FROM events WHERE source = 1 AND op = 3").fetchone()[0]
     assert rows and all(r["kernel"].startswith("0x") for r in rows)
     assert sum(r["count"] for r in rows if r["op"] == "cudaLaunchKernel") == total
+
+
+def test_stats_by_kernel_cli_json_and_bad_grouping(tmp_path: Path, capsys) -> None:
+    db = _db(tmp_path, {}, {0x7F02: SGEMM})
+    assert main(["stats", str(db), "--by", "kernel", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted((r["op"], r["kernel"], r["count"]) for r in rows) == [
+        ("cudaLaunchKernel", "0x7f00", 50), ("cudaLaunchKernel", "0x7f01", 50), ("cudaLaunchKernel", "0x7f03", 50),
+        ("cudaLaunchKernel", "ampere_sgemm_128x64_tn(float*, int)", 50),
+    ]
+    # A grouping stats does not know is one line, no traceback.
+    assert main(["stats", str(db), "--by", "thread"]) != 0
+    err = capsys.readouterr().err
+    assert err == "whyprobe: --by takes 'kernel', not 'thread'\n"
