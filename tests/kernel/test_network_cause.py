@@ -1,5 +1,5 @@
 """Network as a cause, with real retransmits: a traced training loop fetches over TCP from a server in a
-network namespace the test creates; twice the link drops the request, TCP retransmits, and the GPU-idle
+network namespace the test creates (IPv4 and IPv6); twice the link drops the request, TCP retransmits, and the GPU-idle
 gaps are explained as `network` with the peer's address."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class dim3(ctypes.Structure):
 lib = ctypes.CDLL(sys.argv[1])
 lib.cudaLaunchKernel.argtypes = [ctypes.c_void_p, dim3, dim3, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 sock = socket.create_connection((sys.argv[2], int(sys.argv[3])))
+sock.settimeout(30)  # fail, never hang, if the link does not come back
 print("connected", flush=True)
 sys.stdin.readline()
 for step in range(int(sys.argv[4])):
@@ -50,10 +51,8 @@ print("done", flush=True)
 
 SERVER = r"""
 import socket, sys
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2])))
-srv.listen(1)
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)
 print("listening", flush=True)
 conn, _ = srv.accept()
 while True:
@@ -72,22 +71,29 @@ def _ip(*args: str) -> None:
 
 
 def _retrans_segs() -> int:
+    """Segments TCP retransmitted in this namespace (IPv4 and IPv6 share the counter)."""
     lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Tcp:")]
     return int(lines[1][lines[0].index("RetransSegs")])
 
 
-@pytest.fixture
-def lossy_link(tmp_path):
+@pytest.fixture(params=["ipv4", "ipv6"])
+def lossy_link(request):
     """A veth pair into a namespace of our own: (namespace, host address, namespace address, ns-side device)."""
     n = os.getpid() % 200
     ns, host_dev, ns_dev = f"wpnet{os.getpid()}", f"wpa{n}", f"wpb{n}"
-    host_ip, ns_ip = f"10.251.{n}.1", f"10.251.{n}.2"
+    if request.param == "ipv4":
+        host_ip, ns_ip, prefix, extra = f"10.251.{n}.1", f"10.251.{n}.2", "/30", []
+    else:
+        host_ip, ns_ip, prefix, extra = f"fd77:{n:x}::1", f"fd77:{n:x}::2", "/64", ["nodad"]
     _ip("netns", "add", ns)
     try:
         _ip("link", "add", host_dev, "type", "veth", "peer", "name", ns_dev, "netns", ns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
+        _ip("addr", "add", f"{host_ip}{prefix}", "dev", host_dev, *extra)
         _ip("link", "set", host_dev, "up")
-        _ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_dev)
+        if request.param == "ipv6":
+            # Taking the link down must not flush the address (the IPv6 default does).
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{ns_dev}.keep_addr_on_down=1"], check=True)
+        _ip("-n", ns, "addr", "add", f"{ns_ip}{prefix}", "dev", ns_dev, *extra)
         _ip("-n", ns, "link", "set", ns_dev, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         yield ns, host_ip, ns_ip, ns_dev
@@ -152,8 +158,9 @@ def test_retransmits_during_gaps_are_network_causes_with_the_peer(tmp_path: Path
     mine = [r for r in retrans if r[1] & F_SOCK_OWNER]
     assert len(mine) >= len(LOSSY)
     assert {(r[0], r[2]) for r in mine} == {(tid, 0)}
-    peer = f"{ns_ip}:{PORT}"
-    assert all(r[3].startswith(f"{host_ip}:") and r[3].endswith(f" -> {peer} ESTABLISHED") for r in mine)
+    bracket = (lambda a: f"[{a}]") if ":" in ns_ip else (lambda a: a)
+    peer = f"{bracket(ns_ip)}:{PORT}"
+    assert all(r[3].startswith(f"{bracket(host_ip)}:") and r[3].endswith(f" -> {peer} ESTABLISHED") for r in mine)
     # AND the GPU-idle gaps they caused are explained as network, naming the peer
     gap = next(f for f in doc["findings"] if f["kind"] == "gap" and f["tid"] == tid)
     net = next(c for c in gap["causes"] if c["kind"] == "network")
