@@ -14,6 +14,7 @@ from test_mcp_tools import call  # noqa: E402
 from whyprobe.analyze.explain import explain
 from whyprobe.analyze.stats import op_stats
 from whyprobe.commands import main
+from whyprobe.export.timeline import build_timeline
 from whyprobe.store.reader import open_trace
 
 SGEMM = "_Z22ampere_sgemm_128x64_tnPfi"  # stored as the trace found it; shown demangled
@@ -84,3 +85,13 @@ def test_stats_by_kernel_cli_json_and_bad_grouping(tmp_path: Path, capsys) -> No
     assert main(["stats", str(db), "--by", "thread"]) != 0
     err = capsys.readouterr().err
     assert err == "whyprobe: --by takes 'kernel', not 'thread'\n"
+
+
+def test_timeline_launch_slices_carry_the_kernel(tmp_path: Path) -> None:
+    db = _db(tmp_path, {}, {0x7F00: SGEMM})
+    with open_trace(db) as t:
+        slices = [s for s in build_timeline(t).slices if s.name == "cudaLaunchKernel"]
+    kernels = {}
+    for s in slices:
+        kernels[s.args["kernel"]] = kernels.get(s.args["kernel"], 0) + 1
+    assert kernels == {"ampere_sgemm_128x64_tn(float*, int)": 50, "0x7f01": 50, "0x7f02": 50, "0x7f03": 50}

@@ -22,11 +22,11 @@ import numpy as np
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import FirstCalls, Names
 from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze, retransmit_peer
-from whyprobe.analyze.kernels import kernel_names
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.errors import StoreError, WhyprobeError
 from whyprobe.events import F_SOCK_OWNER, Source
+from whyprobe.store.kernels import kernel_names
 from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]

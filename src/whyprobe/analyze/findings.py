@@ -7,10 +7,10 @@ import numpy as np
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.gaps import ThreadGaps, find_gaps
-from whyprobe.analyze.kernels import KERNEL_LAUNCH, hex_handle
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
 from whyprobe.events import F_FAULT_WAIT, Source, op_name
+from whyprobe.store.kernels import KERNEL_LAUNCH, hex_handle
 
 GAP_OP = "gpu_idle"
 TAIL_SOURCES = (int(Source.CUDA), int(Source.DRIVER), int(Source.CUSTOM))

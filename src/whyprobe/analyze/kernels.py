@@ -1,33 +1,16 @@
-"""Kernel names of launches: the `kernel_names` table (written while tracing) as labels.
+"""Launches grouped by kernel: labels for stats --by kernel and the launch-latency tool.
 
 A launch's arg0 is a host stub pointer (runtime) or a CUfunction/CUkernel
-(driver); `kernel_names` maps (pid, handle) to the demangled name. Handles no
-trace named (Ingero databases, JIT code without a driver lookup in the trace)
-are shown as hex, never guessed.
+(driver); store/kernels.py maps (pid, handle) to the demangled name, hex when
+the trace did not name it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from whyprobe.demangle import demangle
-from whyprobe.events import Source
+from whyprobe.store.kernels import hex_handle, kernel_names
 from whyprobe.store.reader import TraceDB
-
-_C, _D = int(Source.CUDA), int(Source.DRIVER)
-# Launches of one kernel function: cudaLaunchKernel(ExC), cuLaunchKernel(Ex); not graph launches.
-KERNEL_LAUNCH = frozenset({(_C, 3), (_C, 13), (_D, 1), (_D, 7)})
-
-
-def kernel_names(db: TraceDB) -> dict[tuple[int, int], str]:
-    """(pid, handle as stored in events.arg0) -> demangled kernel name."""
-    if not db.has("kernel_names"):
-        return {}
-    return {(int(p), int(h)): demangle(str(n)) for p, h, n in db.conn.execute("SELECT pid, handle, name FROM kernel_names")}
-
-
-def hex_handle(handle: int) -> str:
-    return f"{handle & 0xFFFFFFFFFFFFFFFF:#x}"
 
 
 def kernel_labels(db: TraceDB, pids: np.ndarray, handles: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -60,4 +43,4 @@ def split_by_kernel(db: TraceDB, where: str, params: list, limit: int = 20) -> t
     return out[:limit], max(0, len(out) - limit)
 
 
-__all__ = ["KERNEL_LAUNCH", "hex_handle", "kernel_labels", "kernel_names", "split_by_kernel"]
+__all__ = ["kernel_labels", "split_by_kernel"]

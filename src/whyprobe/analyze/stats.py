@@ -12,10 +12,11 @@ import itertools
 
 import numpy as np
 
-from whyprobe.analyze.kernels import KERNEL_LAUNCH, kernel_labels
+from whyprobe.analyze.kernels import kernel_labels
 from whyprobe.errors import StoreError
 from whyprobe.events import Source, op_name
 from whyprobe.store import fastsql
+from whyprobe.store.kernels import KERNEL_LAUNCH
 from whyprobe.store.reader import TraceDB
 
 QUANTILES = {"p50_ns": 50.0, "p95_ns": 95.0, "p99_ns": 99.0, "p999_ns": 99.9}
