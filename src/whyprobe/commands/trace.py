@@ -13,7 +13,7 @@ from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes
 from whyprobe.record.targets import check_out
 
-HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
+HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls", "profile")
 DEFAULT_RING = 16 << 20
 
 
@@ -28,7 +28,9 @@ def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
         have = registry.available()
         names = ["cuda"] + [n for n in HOST_FAMILIES if n in have]
         explicit = False
-    if stack and "stacks" in registry.available() and "stacks" not in names:
+    # On-CPU samples carry stacks too: the stacks family symbolizes them (after profile, so it
+    # configures the Python frame walk of every object that includes it).
+    if (stack or "profile" in names) and "stacks" in registry.available() and "stacks" not in names:
         names.append("stacks")
     return names, explicit
 
@@ -72,7 +74,7 @@ def register(app: typer.Typer) -> None:
         all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
         out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
-        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,profile,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
         ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),
@@ -146,6 +148,7 @@ def register(app: typer.Typer) -> None:
             explain=explain,
             serve=serve,
             warnings=warnings,
+            profile_required=explicit,
         )
 
 
@@ -199,6 +202,7 @@ def _run(
     explain: bool,
     serve: Optional[str],
     warnings: list[str],
+    profile_required: bool = False,
 ) -> None:
     import time
 
@@ -217,7 +221,7 @@ def _run(
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
-    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
+    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom, profile={"required": profile_required})
     if force:
         remove_db(out)
     reported: set[str] = set()

@@ -2,8 +2,10 @@
 
 Only what whyprobe needs: open an object, set rodata, choose programs, reuse
 and resize maps, load (with the verifier log in the error), attach
-tracepoints / raw tracepoints / uprobes, and uprobe_multi through the raw
-bpf(2) syscall (Debian's libbpf 1.1 predates bpf_program__attach_uprobe_multi).
+tracepoints / raw tracepoints / uprobes / perf events (perf_event_open(2)
+through the raw syscall, then bpf_program__attach_perf_event), and
+uprobe_multi through the raw bpf(2) syscall (Debian's libbpf 1.1 predates
+bpf_program__attach_uprobe_multi).
 Pointer APIs return NULL + errno and int APIs -errno; both become BpfError.
 """
 
@@ -30,6 +32,11 @@ BPF_TRACE_UPROBE_MULTI = 48
 BPF_TRACE_UPROBE_SESSION = 57
 BPF_F_UPROBE_MULTI_RETURN = 1
 SYS_BPF = 321  # x86_64
+SYS_PERF_EVENT_OPEN = 298  # x86_64
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_CPU_CLOCK = 0
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_ATTR_SIZE_VER5 = 112
 BTF_KIND_DATASEC = 15
 
 
@@ -93,6 +100,7 @@ bpf_program__fd = _fn("bpf_program__fd", _int, _vp)
 bpf_program__attach = _fn("bpf_program__attach", _vp, _vp)
 bpf_program__attach_tracepoint_opts = _fn("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, _vp)
 bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", _vp, _vp, _cp)
+bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", _vp, _vp, _int)
 bpf_program__attach_uprobe_opts = _fn("bpf_program__attach_uprobe_opts", _vp, _vp, _int, _cp, _sz, _vp)
 bpf_map__name = _fn("bpf_map__name", _cp, _vp)
 bpf_map__fd = _fn("bpf_map__fd", _int, _vp)
@@ -150,6 +158,44 @@ class _TestRunOpts(ct.Structure):
         ("cpu", _u32),
         ("batch_size", _u32),
     ]
+
+
+class _PerfEventAttr(ct.Structure):
+    # struct perf_event_attr up to sample_max_stack (PERF_ATTR_SIZE_VER5, include/uapi/linux/perf_event.h);
+    # `bits` holds the bitfield word (disabled, inherit, ..., freq = bit 10).
+    _fields_ = [
+        ("type", _u32),
+        ("size", _u32),
+        ("config", ct.c_uint64),
+        ("sample_period", ct.c_uint64),
+        ("sample_type", ct.c_uint64),
+        ("read_format", ct.c_uint64),
+        ("bits", ct.c_uint64),
+        ("wakeup_events", _u32),
+        ("bp_type", _u32),
+        ("config1", ct.c_uint64),
+        ("config2", ct.c_uint64),
+        ("branch_sample_type", ct.c_uint64),
+        ("sample_regs_user", ct.c_uint64),
+        ("sample_stack_user", _u32),
+        ("clockid", ct.c_int32),
+        ("sample_regs_intr", ct.c_uint64),
+        ("aux_watermark", _u32),
+        ("sample_max_stack", ct.c_uint16),
+        ("_reserved_2", ct.c_uint16),
+    ]
+
+
+assert ct.sizeof(_PerfEventAttr) == PERF_ATTR_SIZE_VER5
+
+
+def perf_event_open_cpu_clock(cpu: int, period_ns: int) -> int:
+    """A CPU-clock sampling event on `cpu` for every task (pid -1), firing every `period_ns`; its fd."""
+    attr = _PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ct.sizeof(_PerfEventAttr), config=PERF_COUNT_SW_CPU_CLOCK, sample_period=period_ns)
+    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        raise BpfError("perf_event_open cpu-clock on CPU", str(cpu), _err())
+    return fd
 
 
 class _BtfType(ct.Structure):
@@ -485,6 +531,15 @@ class BpfObject:
     def attach_raw_tracepoint(self, prog: str, event: str) -> Link:
         ptr = bpf_program__attach_raw_tracepoint(self._prog(prog), event.encode())
         return self._keep(Link(prog, ptr=_check_ptr(ptr, "attach raw tracepoint", event)))
+
+    def attach_perf_event(self, prog: str, perf_fd: int) -> Link:
+        """Run `prog` on every sample of the perf event `perf_fd`; the link owns the fd (destroy closes it)."""
+        ptr = bpf_program__attach_perf_event(self._prog(prog), perf_fd)
+        if not ptr:
+            err = _err()
+            os.close(perf_fd)
+            raise BpfError("attach perf_event", prog, err)
+        return self._keep(Link(prog, ptr=ptr))
 
     def _multi_attach_type(self, prog: str) -> int:
         return BPF_TRACE_UPROBE_SESSION if prog in self._session_uprobes else BPF_TRACE_UPROBE_MULTI

@@ -374,8 +374,8 @@ class TraceSession:
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
-        if self.options.capture_stacks:
-            self._fill_stacks(records, rows)
+        # CUDA calls carry stacks under --stack, on-CPU samples always.
+        self._fill_stacks(records, rows)
         details = self._details(records)
         self._names(records)
         self.stats.add(records)
