@@ -25,6 +25,8 @@ import logging
 import os
 import re
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -231,6 +233,19 @@ class PyTarget:
 _VERSION_RE = re.compile(r"(?:libpython|python)3\.(\d+)")
 
 
+@lru_cache(maxsize=64)
+def _runtime_facts(path: str, _mtime_ns: int) -> tuple[int | None, int | None]:
+    """(`_PyRuntime` vaddr, vaddr of the offset-0 PT_LOAD) of one file: parsed once per file version,
+    so finding the interpreter again after an exec costs a maps read, not an ELF parse."""
+    vaddr = _runtime_vaddr(path)
+    if vaddr is None:
+        return None, None
+    with open(path, "rb") as fh:
+        loads = [s for s in ELFFile(fh).iter_segments() if s["p_type"] == "PT_LOAD"]
+    first = min((s["p_vaddr"] for s in loads if s["p_offset"] == 0), default=None)
+    return vaddr, first
+
+
 def _runtime_vaddr(path: str) -> int | None:
     """`_PyRuntime` symbol value, or the start of the `.PyRuntime` section (stripped builds)."""
     with open(path, "rb") as fh:
@@ -245,14 +260,20 @@ def _runtime_vaddr(path: str) -> int | None:
         return sec["sh_addr"] if sec is not None else None
 
 
-def _load_bias(path: str, maps: list[Mapping], mapped_as: str) -> int | None:
-    with open(path, "rb") as fh:
-        loads = [s for s in ELFFile(fh).iter_segments() if s["p_type"] == "PT_LOAD"]
-    first = min((s for s in loads if s["p_offset"] == 0), key=lambda s: s["p_vaddr"], default=None)
+def _load_bias(first_vaddr: int | None, maps: list[Mapping], mapped_as: str) -> int | None:
     start = next((m.start for m in maps if m.path == mapped_as and m.offset == 0), None)
-    if first is None or start is None:
+    if first_vaddr is None or start is None:
         return None
-    return start - (first["p_vaddr"] & ~0xFFF)
+    return start - (first_vaddr & ~0xFFF)
+
+
+def _start_code(pid: int) -> str:
+    """Field 26 of /proc/PID/stat (start of the text segment): changes when the process execs."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[23]
+    except (OSError, IndexError):
+        return ""
 
 
 def read_mem(pid: int, addr: int, size: int) -> bytes:
@@ -275,10 +296,10 @@ def discover_python(pid: int) -> PyTarget | None:
     for mapped in dict.fromkeys(names):
         path = mapped if os.path.exists(mapped) else f"/proc/{pid}/exe"
         try:
-            vaddr = _runtime_vaddr(path)
-            bias = _load_bias(path, maps, mapped) if vaddr is not None else None
+            vaddr, first = _runtime_facts(path, os.stat(path).st_mtime_ns)
         except (OSError, ELFError):
             continue
+        bias = _load_bias(first, maps, mapped) if vaddr is not None else None
         if vaddr is None or bias is None:
             continue
         runtime = vaddr + bias
@@ -422,29 +443,49 @@ class StacksFamily:
     """ProbeFamily for `--stack`: symbolizes native stacks and Python frames into stack_traces.
 
     It loads no object of its own: the stack map is shared (filled where
-    capture_stacks is on) and py_procs/py_stacks live in each object that
-    includes bpf/pystacks.bpf.h (the cuda family). Session hooks used:
-    tick(pids), on_stacks(seen), on_batch(records), and on_rows(rows) (to give
-    events with Python frames their combined hash; register it in
-    TraceOptions.on_rows).
+    capture_stacks is on, and by on-CPU samples) and py_procs/py_stacks live in
+    each object that includes bpf/pystacks.bpf.h (cuda, profile). Session hooks
+    used: tick(pids), on_stacks(seen), on_batch(records), and on_rows(rows) (to
+    give events with Python frames their combined hash).
+
+    The kernel walks a process's Python frames only once `py_procs` says where
+    its interpreter is; until then its events carry native frames only. A
+    launched command is configured for the tracer's holder process and then
+    execs, and the periodic tick found the new interpreter up to ~300 ms later
+    (#14.4: the first calls of a short workload had no Python frames). So a
+    watcher thread looks at every new target every WATCH_POLL_S for its first
+    WATCH_FOR_S, and configures it as soon as its interpreter is mapped. Native
+    frames are symbolized at the end (from the maps seen while the process
+    lived), keeping the reader thread free to decode Python frames while the
+    process and its code objects still exist.
     """
 
     name = "stacks"
+    WATCH_POLL_S = 0.002
+    WATCH_FOR_S = 5.0
 
     def __init__(self) -> None:
         self.probes: ProbeSet | None = None
         self.pythons: dict[int, PythonFrames | None] = {}
-        self.native: dict[int, tuple[list[int], list[dict]]] = {}  # hash -> (ips, frames)
-        self.combined: dict[int, tuple[list[int], list[dict]]] = {}
+        self.native: dict[int, tuple[list[int], list[dict]]] = {}  # hash -> (ips, frames), symbolized at the end
+        self.combined: dict[int, tuple[list[int], list[dict], int]] = {}  # hash -> (ips, Python frames, native hash)
+        self._unsymbolized: dict[int, tuple[int, list[int], list[Mapping]]] = {}  # hash -> (pid, ips, maps)
         self._py_frames: dict[tuple[int, int], tuple[list[tuple[int, int]], list[dict]]] = {}
         self._configured: set[tuple[int, int]] = set()  # (map fd, pid)
         # Last maps seen per pid, and what they looked like (an exec replaces them):
         # symbolization still works after a short-lived process has exited.
         self._maps: dict[int, list[Mapping]] = {}
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, str]] = {}  # pid -> (first seen, /proc/PID/stat start_code)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
         self.probes = probes
-        return self.tick(targets.pids)
+        warnings = self.tick(targets.pids)
+        self._watcher = threading.Thread(target=self._watch, name="whyprobe-pywatch", daemon=True)
+        self._watcher.start()
+        return warnings
 
     def _py_maps(self) -> list[tuple[int, int]]:
         out = []
@@ -455,8 +496,15 @@ class StacksFamily:
 
     def tick(self, pids: Sequence[int]) -> list[str]:
         """Tell every pystacks-capable object where new targets keep their interpreter."""
-        maps = self._py_maps()
+        now = time.monotonic()
         for pid in pids:
+            if pid not in self._watched:
+                self._watched[pid] = (now, _start_code(pid))
+            self._refresh(pid)
+        return []
+
+    def _refresh(self, pid: int) -> None:
+        with self._lock:
             current = read_maps(pid)
             if current and current != self._maps.get(pid):
                 execed = pid in self._maps and current[0] != self._maps[pid][0]
@@ -471,18 +519,38 @@ class StacksFamily:
                 self.pythons[pid] = PythonFrames(target) if target else None
             py = self.pythons[pid]
             if py is None:
-                continue
-            for procs_fd, _ in maps:
+                return
+            for procs_fd, _ in self._py_maps():
                 if (procs_fd, pid) not in self._configured:
                     map_update(procs_fd, pid.to_bytes(4, "little"), py.target.config())
                     self._configured.add((procs_fd, pid))
-        return []
+
+    def _watch(self) -> None:
+        """Configure new targets the moment they exec into an interpreter (see the class doc)."""
+        rounds = 0
+        while not self._stop.wait(self.WATCH_POLL_S):
+            now = time.monotonic()
+            rounds += 1
+            for pid, (seen, code) in list(self._watched.items()):
+                if now - seen > self.WATCH_FOR_S:
+                    continue
+                current = _start_code(pid)
+                # An exec: look at once. No interpreter found yet (libpython not mapped yet,
+                # or none at all): look again every few rounds, a maps read each.
+                if current != code or (self.pythons.get(pid) is None and rounds % 3 == 0):
+                    self._watched[pid] = (seen, current)
+                    self._refresh(pid)
 
     def on_stacks(self, seen: Sequence[tuple[int, int, list[int]]]) -> None:
         cache: dict[int, list[Mapping]] = {}
         for pid, h, ips in seen:
             maps = cache.setdefault(pid, read_maps(pid) or self._maps.get(pid, []))
-            self.native[h] = (list(ips), symbolize_native(pid, ips, maps))
+            self._unsymbolized[h] = (pid, list(ips), maps)
+
+    def _symbolize(self) -> None:
+        for h, (pid, ips, maps) in self._unsymbolized.items():
+            self.native[h] = (ips, symbolize_native(pid, ips, maps))
+        self._unsymbolized.clear()
 
     def _python_stack(self, pid: int, py_id: int) -> tuple[list[tuple[int, int]], list[dict]] | None:
         key = (pid, py_id)
@@ -517,23 +585,28 @@ class StacksFamily:
             if py is None:
                 continue
             native_hash = int(rows["stack_hash"][i])
-            ips, nframes = self.native.get(native_hash, ([], []))
+            ips = self._unsymbolized[native_hash][1] if native_hash in self._unsymbolized else self.native.get(native_hash, ([], []))[0]
             pairs, pframes = py
             data = np.asarray(ips, "<u8").tobytes() + np.asarray([x for p in pairs for x in p], "<u8").tobytes()
             h = as_int64(fnv1a64(data))
-            self.combined.setdefault(h, (ips, pframes + nframes))
+            self.combined.setdefault(h, (ips, pframes, native_hash))
             rows["stack_hash"][i] = h
 
     def stack_rows(self) -> list[tuple[int, str, str]]:
         import json
 
+        self._symbolize()
         out = []
-        for table in (self.native, self.combined):
-            for h, (ips, frames) in table.items():
-                out.append((h, json.dumps([f"{ip:#x}" for ip in ips]), json.dumps(frames)))
+        for h, (ips, frames) in self.native.items():
+            out.append((h, json.dumps([f"{ip:#x}" for ip in ips]), json.dumps(frames)))
+        for h, (ips, pframes, native_hash) in self.combined.items():
+            out.append((h, json.dumps([f"{ip:#x}" for ip in ips]), json.dumps(pframes + self.native.get(native_hash, ([], []))[1])))
         return out
 
     def finish(self, probes: ProbeSet, writer: object) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
         rows = self.stack_rows()
         if rows:
             writer.put_rows("stack_traces", ("hash", "ips", "frames"), rows, replace=True)
