@@ -29,7 +29,7 @@ import shlex
 import socket
 import struct
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
