@@ -37,6 +37,10 @@ PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_ATTR_SIZE_VER5 = 112
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+PROG_INFO_SIZE = 232  # sizeof(struct bpf_prog_info), uapi linux/bpf.h (kernel 6.x)
+PROG_INFO_RUN_TIME_NS = 192  # offsetof(struct bpf_prog_info, run_time_ns); run_cnt follows
 BTF_KIND_DATASEC = 15
 
 
@@ -102,6 +106,7 @@ bpf_program__attach_tracepoint_opts = _fn("bpf_program__attach_tracepoint_opts",
 bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", _vp, _vp, _cp)
 bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", _vp, _vp, _int)
 bpf_program__attach_uprobe_opts = _fn("bpf_program__attach_uprobe_opts", _vp, _vp, _int, _cp, _sz, _vp)
+bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", _int, _int, _vp, ct.POINTER(_u32))
 bpf_map__name = _fn("bpf_map__name", _cp, _vp)
 bpf_map__fd = _fn("bpf_map__fd", _int, _vp)
 bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", _int, _vp, _u32)
@@ -196,6 +201,25 @@ def perf_event_open_cpu_clock(cpu: int, period_ns: int) -> int:
     if fd < 0:
         raise BpfError("perf_event_open cpu-clock on CPU", str(cpu), _err())
     return fd
+
+
+def enable_run_time_stats() -> int:
+    """Have the kernel count every program's run time and runs while the returned fd is open
+    (BPF_ENABLE_STATS: scoped to the fd, unlike the kernel.bpf_stats_enabled sysctl)."""
+    attr = ct.c_uint32(BPF_STATS_RUN_TIME)
+    fd = _libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        raise BpfError("enable run-time stats", "BPF_ENABLE_STATS", _err())
+    return fd
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a loaded program, counted while run-time stats are enabled."""
+    buf = ct.create_string_buffer(PROG_INFO_SIZE)
+    size = _u32(PROG_INFO_SIZE)
+    _check_int(bpf_obj_get_info_by_fd(prog_fd, buf, ct.byref(size)), "get info of program fd", str(prog_fd))
+    run_ns, runs = np.frombuffer(buf.raw, "<u8", 2, PROG_INFO_RUN_TIME_NS)
+    return int(run_ns), int(runs)
 
 
 class _BtfType(ct.Structure):
