@@ -19,7 +19,6 @@ WORK = textwrap.dedent(
     f"""
     import ctypes, time
     lib = ctypes.CDLL("{REAL_CUDART}")
-    time.sleep(0.6)  # let the tracer find this interpreter first
 
     def step(n):
         p = ctypes.c_void_p()
@@ -27,7 +26,7 @@ WORK = textwrap.dedent(
 
     for i in range(5):
         step(4096)
-    time.sleep(0.3)  # code objects are read from the live process (see README, known limits)
+    time.sleep(0.3)  # native frames are symbolized from the live process's maps (see README, known limits)
     """
 )
 CALL_LINE = WORK.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))") + 1

@@ -145,13 +145,15 @@ def _load_bias(first_vaddr: int | None, maps: list[Mapping], mapped_as: str) -> 
     return start - (first_vaddr & ~0xFFF)
 
 
-def start_code(pid: int) -> str:
-    """Field 26 of /proc/PID/stat (start of the text segment): changes when the process execs."""
+def image_signature(pid: int) -> tuple[str, str]:
+    """(start of the text segment, virtual size) from /proc/PID/stat (fields 26 and 23):
+    the first changes when the process execs, the second when it maps or unmaps memory."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[23]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[23], fields[20]
     except (OSError, IndexError):
-        return ""
+        return "", ""
 
 
 def read_mem(pid: int, addr: int, size: int) -> bytes:

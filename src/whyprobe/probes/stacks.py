@@ -40,7 +40,7 @@ from whyprobe.kernel.libbpf import map_lookup, map_update
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.events import F_HAS_PYSTACK
-from whyprobe.probes.pyframes import PY_CODE_KEY, PY_CODE_SIZE, Mapping, PythonFrames, start_code, discover_python, read_maps
+from whyprobe.probes.pyframes import PY_CODE_KEY, PY_CODE_SIZE, Mapping, PythonFrames, image_signature, discover_python, read_maps
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class StacksFamily:
         # symbolization still works after a short-lived process has exited.
         self._maps: dict[int, list[Mapping]] = {}
         self._lock = threading.Lock()
-        self._watched: dict[int, tuple[float, str]] = {}  # pid -> (first seen, /proc/PID/stat start_code)
+        self._watched: dict[int, tuple[float, tuple[str, str]]] = {}  # pid -> (first seen, image_signature)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -225,7 +225,7 @@ class StacksFamily:
         now = time.monotonic()
         for pid in pids:
             if pid not in self._watched:
-                self._watched[pid] = (now, start_code(pid))
+                self._watched[pid] = (now, image_signature(pid))
             self._refresh(pid)
         return []
 
@@ -252,30 +252,33 @@ class StacksFamily:
                     self._configured.add((procs_fd, pid))
 
     def _watch(self) -> None:
-        """Configure new targets the moment they exec into an interpreter (see the class doc)."""
+        """Configure new targets the moment they exec into an interpreter (see the class doc), and
+        keep their maps current while they load libraries (a short-lived process is symbolized
+        from the last maps seen)."""
         rounds = 0
         while not self._stop.wait(self.WATCH_POLL_S):
             now = time.monotonic()
             rounds += 1
-            for pid, (seen, code) in list(self._watched.items()):
+            for pid, (seen, sig) in list(self._watched.items()):
                 if now - seen > self.WATCH_FOR_S:
                     continue
-                current = start_code(pid)
-                # An exec: look at once. No interpreter found yet (libpython not mapped yet,
-                # or none at all): look again every few rounds, a maps read each.
-                if current != code or (self.pythons.get(pid) is None and rounds % 3 == 0):
+                current = image_signature(pid)
+                # An exec: look at once. No interpreter found yet (libpython not mapped yet, or
+                # none at all) or the mappings changed: look again every few rounds, a maps read each.
+                execed = current[0] != sig[0]
+                if execed or ((current != sig or self.pythons.get(pid) is None) and rounds % 5 == 0):
                     self._watched[pid] = (seen, current)
                     self._refresh(pid)
 
     def on_stacks(self, seen: Sequence[tuple[int, int, list[int]]]) -> None:
         cache: dict[int, list[Mapping]] = {}
         for pid, h, ips in seen:
-            maps = cache.setdefault(pid, read_maps(pid) or self._maps.get(pid, []))
-            self._unsymbolized[h] = (pid, list(ips), maps)
+            # Empty when the process has exited: symbolized from the last maps seen instead.
+            self._unsymbolized[h] = (pid, list(ips), cache.setdefault(pid, read_maps(pid)))
 
     def _symbolize(self) -> None:
         for h, (pid, ips, maps) in self._unsymbolized.items():
-            self.native[h] = (ips, symbolize_native(pid, ips, maps))
+            self.native[h] = (ips, symbolize_native(pid, ips, maps or self._maps.get(pid, [])))
         self._unsymbolized.clear()
 
     def _python_stack(self, pid: int, py_id: int) -> tuple[list[tuple[int, int]], list[dict]] | None:
