@@ -115,7 +115,7 @@ def test_a_trace_without_samples_says_so_and_keeps_the_conditional_dataloader_ad
     on_cpu = next(c for c in gap["causes"] if c["kind"] == "on_cpu")
     assert on_cpu["frames"] == [] and "samples" not in on_cpu
     fix = " ".join(gap["recommendations"])
-    assert "no on-CPU samples" in fix and "DataLoader workers" in fix
+    assert "no on-CPU sample says what" in fix and "DataLoader workers" in fix
 
 
 def test_findings_below_materiality_are_minor_listed_last_without_a_fix(tmp_path):

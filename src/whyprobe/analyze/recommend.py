@@ -143,9 +143,10 @@ def _gap_on_cpu_fix(c: dict, me: str) -> str:
     """Advice that follows the samples: DataLoader only when the thread was seen loading data."""
     frames = c.get("frames") or []
     if not c.get("samples"):
+        # No samples to go by (a trace recorded without them, an Ingero file, the live view).
         return (
-            f"{me} computes on the CPU between GPU steps and this trace has no on-CPU samples of it: "
-            "record with `whyprobe trace` (on-CPU sampling is on by default) to see what it runs. If it is data preprocessing, "
+            f"{me} computes on the CPU between GPU steps, and no on-CPU sample says what: `whyprobe stacks --on-cpu` shows it "
+            "for traces recorded by `whyprobe trace` (sampling is on by default). If it is data preprocessing, "
             "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True) so the thread only feeds the GPU."
         )
     if c.get("data_loading_share", 0) >= 0.2:
