@@ -145,3 +145,25 @@ def test_findings_below_materiality_are_minor_listed_last_without_a_fix(tmp_path
 def _explain_db(tmp_path, events) -> dict:
     with open_trace(write_db(tmp_path / "m.db", events)) as db:
         return explain(db)
+
+
+def test_on_cpu_slow_calls_name_what_ran_inside_them(tmp_path):
+    # GIVEN 200 launches on the engine thread, 10 of them 9 ms long and on-CPU (scheduling traced, no off-CPU
+    # time inside them), with 3 samples inside each slow call: 2 in native memcpy, 1 at sampler.py:212
+    calls, spans = launch_loop(200, slow={i: 9 * MS for i in range(15, 200, 19)})
+    events = calls + [blocked(calls[0]["timestamp"] - 500 * US, 100 * US), blocked(calls[-1]["timestamp"] + 2 * MS, 100 * US)]
+    path = write_db(tmp_path / "tail.db", events)
+    con = sqlite3.connect(path)
+    with con:
+        rows = [(s + k * 2 * MS + MS, ENGINE_PID, ENGINE_TID, int(Source.HOST), 10 * MS, 13 if k < 2 else 11) for s, _ in spans for k in range(3)]
+        con.executemany("INSERT INTO events(timestamp, pid, tid, source, op, duration, arg0, stack_hash) VALUES (?, ?, ?, ?, 16, 0, ?, ?)", rows)
+        con.executemany("INSERT INTO stack_traces(hash, ips, frames) VALUES (?, '[]', ?)", [(h, json.dumps(f)) for h, f in FRAMES.items()])
+    con.close()
+    with open_trace(path) as db:
+        top = explain(db)["findings"][0]
+    # THEN the tail's on_cpu cause has the 30 samples: 2/3 in memcpy, 1/3 in compute_logprobs, and the summary says so
+    assert (top["kind"], top["op"], top["dominant_cause"]) == ("tail", "cudaLaunchKernel", "on_cpu")
+    on_cpu = next(c for c in top["causes"] if c["kind"] == "on_cpu")
+    assert on_cpu["samples"] == 30
+    assert [(f["function"], f["share"]) for f in on_cpu["frames"]] == [("memcpy", 0.667), ("compute_logprobs", 0.333)]
+    assert "67% of slow-call samples in libc.so.6 memcpy, 33% in sampler.py:212 compute_logprobs" in top["summary"]
