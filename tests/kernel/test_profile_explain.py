@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +20,10 @@ import pytest
 from whyprobe.analyze.explain import explain
 from whyprobe.commands import main
 from whyprobe.demo.build import build_workloads
+from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.profile import ProfileFamily
+from whyprobe.probes.stacks import StacksFamily
+from whyprobe.record.session import TraceOptions, TraceSession
 from whyprobe.store.reader import open_trace
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
@@ -100,3 +105,32 @@ def test_stacks_on_cpu_lists_the_samples_and_refuses_a_trace_without_them(tmp_pa
     # AND a trace without samples gets one clear line
     assert main(["stacks", str(shared_data / "pytorch-dataloader-starvation.db"), "--on-cpu"]) == 1
     assert capsys.readouterr().err.strip().endswith("has no on-CPU samples: record with `whyprobe trace` (the profile family is on by default)")
+
+
+def test_samples_are_of_traced_threads_only_with_their_frames(tmp_path: Path) -> None:
+    # GIVEN two identical spinning Python processes, only the first traced, with on-CPU sampling
+    spin = "import sys, time\ndef spin():\n    end = time.thread_time() + 0.4\n    while time.thread_time() < end: pass\nsys.stdin.readline()\nspin()\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, text=True) for _ in range(2)]
+    session = TraceSession(tmp_path / "t.db", [ProfileFamily(required=True), StacksFamily()], TargetSpec(pids=[procs[0].pid]),
+                           TraceOptions(ring_bytes=1 << 22))
+    try:
+        session.start()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        session.run(lambda: all(p.poll() is not None for p in procs))
+    finally:
+        session.stop()
+    # THEN every sample is the traced process's, a HOST/cpu_sample instant with the period in arg0,
+    # arg1 saying user (0) or kernel (1) mode, and nearly all carry spin() at its loop line as the
+    # innermost Python frame (a few may be taken at start-up or in the collector at exit)
+    con = sqlite3.connect(tmp_path / "t.db")
+    rows = con.execute("SELECT pid, duration, arg0, arg1 FROM events WHERE source = 3 AND op = 16").fetchall()
+    assert len(rows) >= 10 and {r[0] for r in rows} == {procs[0].pid}
+    assert {(r[1], r[2]) for r in rows} == {(0, 1_000_000_000 // 99)} and {r[3] for r in rows} <= {0, 1}
+    innermost = []
+    for (raw,) in con.execute("SELECT s.frames FROM events e JOIN stack_traces s ON s.hash = e.stack_hash WHERE e.source = 3 AND e.op = 16"):
+        py = [f for f in json.loads(raw) if f.get("py")]
+        if py:
+            innermost.append((py[0]["s"], py[0]["l"]))
+    assert innermost.count(("spin", 4)) >= 0.8 * len(rows)

@@ -26,6 +26,11 @@ const volatile __u64 sample_period_ns = 0;
 SEC("perf_event")
 int handle_sample(struct bpf_perf_event_data *ctx)
 {
+	/* CS of the interrupted context (ring 3 = user mode), read first: a direct context access,
+	 * which the verifier rewrites to the sample's registers (a CO-RE read would read the
+	 * context struct itself). Whole 8 bytes: the verifier refuses narrower reads of it. */
+	__u64 cs = *(volatile __u64 *)&ctx->regs.cs;
+	__u64 kernel_mode = (cs & 3) != 3;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct wp_event *e;
 	__u64 py;
@@ -42,8 +47,7 @@ int handle_sample(struct bpf_perf_event_data *ctx)
 	e->ts_ns = bpf_ktime_get_ns();
 	e->duration_ns = 0;
 	e->arg0 = sample_period_ns;
-	/* CS of the interrupted context: ring 3 is user mode. */
-	e->arg1 = (BPF_CORE_READ(ctx, regs.cs) & 3) != 3;
+	e->arg1 = kernel_mode;
 	e->stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	if (py) {
 		e->aux = py;

@@ -194,12 +194,13 @@ class _PerfEventAttr(ct.Structure):
 assert ct.sizeof(_PerfEventAttr) == PERF_ATTR_SIZE_VER5
 
 
-def perf_event_open_cpu_clock(cpu: int, period_ns: int) -> int:
-    """A CPU-clock sampling event on `cpu` for every task (pid -1), firing every `period_ns`; its fd."""
+def perf_event_open_cpu_clock(cpu: int, period_ns: int, *, pid: int = -1) -> int:
+    """A CPU-clock sampling event firing every `period_ns`; its fd. pid -1 and a CPU: every task on
+    that CPU; a pid and cpu -1: that process wherever it runs."""
     attr = _PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ct.sizeof(_PerfEventAttr), config=PERF_COUNT_SW_CPU_CLOCK, sample_period=period_ns)
-    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, ct.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
-        raise BpfError("perf_event_open cpu-clock on CPU", str(cpu), _err())
+        raise BpfError("perf_event_open cpu-clock", f"cpu {cpu}" if pid < 0 else f"pid {pid}", _err())
     return fd
 
 

@@ -10,16 +10,15 @@ symbolizes both, so `trace` adds it whenever this family is on.
 
 from __future__ import annotations
 
-import logging
+import errno
 import os
 
 import numpy as np
 
+from whyprobe.kernel import caps
 from whyprobe.kernel.libbpf import BpfError, BpfObject, perf_event_open_cpu_clock
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
-
-log = logging.getLogger(__name__)
 
 # 99 rather than 100 Hz: a round rate would beat against timers that run at 100 Hz
 # and sample the same moments of a periodic loop over and over.
@@ -61,6 +60,12 @@ class ProfileFamily:
         return 1_000_000_000 // self.hz
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        # The probe `check` reports decides here too.
+        if not caps.can("perf_event"):
+            why = caps.probe_capabilities().get("perf_event", {}).get("detail", "")
+            if self.required:
+                raise BpfError("attach perf_event", "profile", errno.EOPNOTSUPP, f"perf_event programs do not work here: {why}")
+            return [f"profile: no on-CPU samples (perf_event programs do not work here: {why})"]
         try:
             obj = probes.open("profile")
             obj.set_rodata(sample_period_ns=self.period_ns)
