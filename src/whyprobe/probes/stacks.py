@@ -169,7 +169,8 @@ class StacksFamily:
     execs, and the periodic tick found the new interpreter up to ~300 ms later
     (#14.4: the first calls of a short workload had no Python frames). So a
     watcher thread looks at every new target every WATCH_POLL_S for its first
-    WATCH_FOR_S, and configures it as soon as its interpreter is mapped. Native
+    WATCH_FOR_S (the WATCH_MAX youngest), and configures it as soon as its
+    interpreter is mapped. Native
     frames are symbolized at the end (from the maps seen while the process
     lived), keeping the reader thread free to decode Python frames while the
     process and its code objects still exist.
@@ -178,6 +179,7 @@ class StacksFamily:
     name = "stacks"
     WATCH_POLL_S = 0.002
     WATCH_FOR_S = 5.0
+    WATCH_MAX = 8  # the youngest targets only: a /proc read each per round (the rest: the 200 ms tick)
 
     def __init__(self) -> None:
         self.probes: ProbeSet | None = None
@@ -197,10 +199,7 @@ class StacksFamily:
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
         self.probes = probes
-        warnings = self.tick(targets.pids)
-        self._watcher = threading.Thread(target=self._watch, name="whyprobe-pywatch", daemon=True)
-        self._watcher.start()
-        return warnings
+        return self.tick(targets.pids)
 
     def _py_maps(self) -> list[tuple[int, int, int]]:
         """(py_procs, py_stacks, py_codes) fds of every loaded object that walks Python frames."""
@@ -223,10 +222,15 @@ class StacksFamily:
     def tick(self, pids: Sequence[int]) -> list[str]:
         """Tell every pystacks-capable object where new targets keep their interpreter."""
         now = time.monotonic()
+        new = [pid for pid in pids if pid not in self._watched]
         for pid in pids:
             if pid not in self._watched:
                 self._watched[pid] = (now, image_signature(pid))
             self._refresh(pid)
+        # The watcher runs while there are young targets (it ends when none is left).
+        if new and not self._stop.is_set() and (self._watcher is None or not self._watcher.is_alive()):
+            self._watcher = threading.Thread(target=self._watch, name="whyprobe-pywatch", daemon=True)
+            self._watcher.start()
         return []
 
     def _refresh(self, pid: int) -> None:
@@ -259,9 +263,11 @@ class StacksFamily:
         while not self._stop.wait(self.WATCH_POLL_S):
             now = time.monotonic()
             rounds += 1
-            for pid, (seen, sig) in list(self._watched.items()):
-                if now - seen > self.WATCH_FOR_S:
-                    continue
+            young = sorted(((seen, pid) for pid, (seen, _) in list(self._watched.items()) if now - seen <= self.WATCH_FOR_S), reverse=True)
+            if not young:
+                return
+            for seen, pid in young[: self.WATCH_MAX]:
+                sig = self._watched[pid][1]
                 current = image_signature(pid)
                 # An exec: look at once. No interpreter found yet (libpython not mapped yet, or
                 # none at all) or the mappings changed: look again every few rounds, a maps read each.
