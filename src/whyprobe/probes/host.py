@@ -29,7 +29,7 @@ import shlex
 import socket
 import struct
 import time
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
