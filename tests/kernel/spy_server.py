@@ -31,6 +31,20 @@ def read_file(path: str) -> str:
         return f.read()
 
 
+@server.tool()
+def count_rows(db: str, table: str) -> dict:
+    """Rows of a SQLite table and the file's size in bytes. Loads sqlite3 on its first call and
+    runs `wc` on the file (footprint: the tool's own file first, loading and the child's start
+    grouped apart)."""
+    import sqlite3
+    import subprocess
+
+    size = int(subprocess.run(["wc", "-c", db], capture_output=True, text=True, check=True).stdout.split()[0])
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+    return {"rows": rows, "bytes": size}
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         port = int(sys.argv[2])
