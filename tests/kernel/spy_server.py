@@ -45,6 +45,20 @@ def count_rows(db: str, table: str) -> dict:
     return {"rows": rows, "bytes": size}
 
 
+@server.tool()
+def gpu_alloc(n: int) -> list[int]:
+    """cudaMalloc of 1 MiB, n times, through the libcudart of the nvidia-cuda-runtime wheel; the
+    distinct return codes (35 without a driver: the calls return at once, the probes fire)."""
+    import ctypes
+    from pathlib import Path
+
+    import nvidia.cuda_runtime
+
+    cudart = ctypes.CDLL(str(Path(nvidia.cuda_runtime.__path__[0]) / "lib" / "libcudart.so.12"))
+    ptr = ctypes.c_void_p()
+    return sorted({cudart.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(1 << 20)) for _ in range(n)})
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         port = int(sys.argv[2])

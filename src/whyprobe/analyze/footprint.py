@@ -42,6 +42,7 @@ import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from whyprobe.syscalls_x86_64 import syscall_name
@@ -354,3 +355,15 @@ def store(conn: sqlite3.Connection, calls: Sequence[Footprint]) -> None:
             "INSERT OR IGNORE INTO tool_call_events(call_id, event_id) VALUES (?, ?)",
             [(c.call_id, e) for c in calls for e in c.event_ids],
         )
+
+
+def record(path: Path, handler_tids: Mapping[int, int]) -> list[Footprint]:
+    """Footprints of a finished capture's tool calls (tool_calls.id -> handler thread), written
+    back into its database."""
+    conn = sqlite3.connect(str(path))
+    try:
+        calls = analyze(conn, list(handler_tids), handler_tids)
+        store(conn, calls)
+    finally:
+        conn.close()
+    return calls
