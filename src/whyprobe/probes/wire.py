@@ -49,18 +49,19 @@ BIO_BINDING = {"BIO_write": "handle_bio_write"}  # libcrypto, or the executable 
 TLS_SYMBOLS = (*SSL_ENTRY, *SSL_BINDING, *BIO_BINDING)
 
 
-def tls_candidates(pids: list[int], command: list[str] = ()) -> list[str]:
-    """Files that may hold OpenSSL for these processes: the command's executable (and its `#!`
-    interpreter), every file they map executable, and what they most often start using late, so it
-    is probed before they do: the system's libssl/libcrypto (loaded with a TLS module) and the
-    `node` on PATH (an agent's npx servers and clients are started as children at any time)."""
+def startup_candidates(command: list[str] = ()) -> list[str]:
+    """Files to probe before the targets run: the command's executable (and its `#!` interpreter)
+    and what processes most often start using late: the system's libssl/libcrypto (loaded with a
+    TLS module) and the `node` on PATH (an agent starts npx servers and node clients at any time)."""
     found = command_executables(list(command)) if command else []
-    for pid in pids:
-        found += mapped_files(pid)
     found += [path for soname, path in ldconfig_cache() if soname.startswith(("libssl.so", "libcrypto.so"))]
     found += command_executables(["node"])
-    # One path per file: libssl.so and libssl.so.3 are often the same file.
-    return list(dict.fromkeys(os.path.realpath(p) for p in found if not p.endswith(" (deleted)") and Path(p).exists()))
+    return found
+
+
+def mapped_candidates(pids: list[int], skip: set[str] = frozenset()) -> list[str]:
+    """Every file these processes map executable, but those in `skip`."""
+    return [p for pid in pids for p in mapped_files(pid) if p not in skip and not p.endswith(" (deleted)")]
 
 
 class WireFamily:
@@ -82,20 +83,26 @@ class WireFamily:
         for prog in SYSCALL_PROGRAMS:
             obj.attach(prog)
         self._obj = obj
-        return self.attach_tls(targets.pids, targets.command) if self.tls else []
+        if not self.tls:
+            return []
+        return self.attach_tls(startup_candidates(targets.command) + mapped_candidates(targets.pids))
 
     def tick(self, pids: list[int]) -> list[str]:
         """Files the targets mapped since (an exec into node, a dlopen'd libssl)."""
-        return self.attach_tls(pids) if self.tls else []
+        return self.attach_tls(mapped_candidates(pids, self._examined)) if self.tls else []
 
-    def attach_tls(self, pids: list[int], command: list[str] = ()) -> list[str]:
-        """Probe OpenSSL in every file these processes run that defines SSL_read and SSL_write
-        (each file is looked at once; call again as processes exec and map more)."""
+    def attach_tls(self, paths: list[str]) -> list[str]:
+        """Probe OpenSSL in every one of these files that defines SSL_read and SSL_write (each file
+        is looked at once, under every name it is reached by)."""
         warnings = []
-        for path in tls_candidates(pids, command):
-            if path in self._examined:
+        for name in dict.fromkeys(paths):
+            if name in self._examined:
                 continue
-            self._examined.add(path)
+            path = os.path.realpath(name)  # libssl.so and libssl.so.3 are often one file
+            seen = path in self._examined
+            self._examined.update((name, path))
+            if seen or not os.path.isfile(path):
+                continue
             try:
                 offsets = lookup(path, TLS_SYMBOLS)
             except WhyprobeError as exc:  # unreadable or non-ELF file in the maps: not ours to fail on
