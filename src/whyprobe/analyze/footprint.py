@@ -357,7 +357,7 @@ def store(conn: sqlite3.Connection, calls: Sequence[Footprint]) -> None:
         )
 
 
-def record(path: Path, handler_tids: Mapping[int, int]) -> list[Footprint]:
+def analyze_and_store(path: Path, handler_tids: Mapping[int, int]) -> list[Footprint]:
     """Footprints of a finished capture's tool calls (tool_calls.id -> handler thread), written
     back into its database."""
     conn = sqlite3.connect(str(path))

@@ -84,7 +84,7 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
         result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
-    calls = fp.record(out, {cid: c.handler_tid for cid, c in recorder.calls})
+    calls = fp.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
     servers = {s.server_pid: s.server_name or "" for s in recorder.pipeline.sessions if s.server_pid}
     if json_out:
         doc = reporter.to_json(calls)

@@ -284,7 +284,7 @@ def _run(
     if recorder is not None and recorder.calls:
         from whyprobe.analyze import footprint
 
-        footprint.record(out, {cid: c.handler_tid for cid, c in recorder.calls})
+        footprint.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
 
     if cfg is not None and cfg.storage.backend == "duckdb":
         from whyprobe.export.duckdb_backend import to_duckdb
