@@ -6,6 +6,7 @@ calls the Python SDK server over HTTPS with a self-signed certificate.
   the node process, in plaintext, and paired.
 * Both ends traced: node's SSL* are named by the same TCP connection as the server's (bound
   exactly through libssl's BIO_write), so each message is reported once, with both pids.
+* `trace --probes proc,wire` stores the same exchange, from node alone.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sqlite3
+import subprocess
 
 import pytest
 from spy_http_pair import free_port, wait_listening
@@ -53,20 +54,31 @@ def _spy(d, argv: list[str]) -> tuple[dict, list[dict], dict]:
 
 
 @pytest.fixture(scope="module")
-def client_only(tmp_path_factory, tls_cert, node):
-    """The server runs untraced (a remote server, as far as whyprobe knows); node is the command."""
-    d = tmp_path_factory.mktemp("nodetls")
+def remote(tls_cert, node):
+    """The server runs untraced (a remote server, as far as whyprobe knows): (url, cert)."""
     cert, key = (str(p) for p in tls_cert)
     port = free_port()
     server = subprocess.Popen([*SERVER, "http", str(port), cert, key])
     try:
         wait_listening(port, server)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("NODE_EXTRA_CA_CERTS", cert)
-            summary, msgs, ref = _spy(d, [node, str(CLIENT), str(d / "ref.json"), f"https://127.0.0.1:{port}/mcp", str(CALLS), str(BIG)])
+        yield f"https://127.0.0.1:{port}/mcp", cert
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _node_client(d, node: str, url: str) -> list[str]:
+    return [node, str(CLIENT), str(d / "ref.json"), url, str(CALLS), str(BIG)]
+
+
+@pytest.fixture(scope="module")
+def client_only(tmp_path_factory, remote, node):
+    """spy on node alone: node is the command."""
+    d = tmp_path_factory.mktemp("nodetls")
+    url, cert = remote
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NODE_EXTRA_CA_CERTS", cert)
+        summary, msgs, ref = _spy(d, _node_client(d, node, url))
     return d, summary, msgs, ref
 
 
@@ -142,3 +154,19 @@ def test_both_ends_report_each_message_once(both_ends) -> None:
         want = (client, server) if m["direction"] == "client->server" else (server, client)
         assert (m["sender_pid"], m["receiver_pid"]) == want
     assert len({(m["connection"], m["jsonrpc_id"], m["kind"]) for m in msgs}) == len(msgs)
+
+
+def test_trace_with_wire_stores_nodes_tls_traffic(tmp_path, remote, node, capsys) -> None:
+    url, cert = remote
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NODE_EXTRA_CA_CERTS", cert)
+        rc = main(["trace", "--json", "--probes", "proc,wire", "--out", str(tmp_path / "t.db"), "--cmd", "--",
+                   *_node_client(tmp_path, node, url)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["mcp_messages"], summary["tool_calls"]) == (2 * CALLS + 5, CALLS)
+    pid = json.loads((tmp_path / "ref.json").read_text())["pid"]
+    with sqlite3.connect(tmp_path / "t.db") as c:
+        ends = c.execute("SELECT direction, sender_pid, receiver_pid, COUNT(*) FROM mcp_messages GROUP BY 1, 2, 3 ORDER BY 1").fetchall()
+        unpaired = c.execute("SELECT COUNT(*) FROM mcp_messages WHERE kind = 'response' AND request_id IS NULL").fetchone()[0]
+    assert ends == [("client->server", pid, 0, CALLS + 3), ("server->client", 0, pid, CALLS + 2)] and unpaired == 0
