@@ -217,7 +217,15 @@ def _run(
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
-    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
+    fams = registry.families([n for n in names if n != "wire"], cuda={"libraries": cuda_libs}, custom=custom)
+    recorder = None
+    if "wire" in names:
+        # The recorder, not the bare family: what the wire captures is decoded and stored
+        # (mcp_messages, tool_calls), beside the CUDA, scheduler and syscall events.
+        from whyprobe.record.wire import WireRecorder
+
+        recorder = WireRecorder(ignore_pids={os.getpid()})
+        fams.append(recorder)
     if force:
         remove_db(out)
     reported: set[str] = set()
@@ -273,6 +281,10 @@ def _run(
             server.terminate()
             server.wait(10)
     summary, child_status = result.summary, result.command_status
+    if recorder is not None and recorder.calls:
+        from whyprobe.analyze import footprint
+
+        footprint.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
 
     if cfg is not None and cfg.storage.backend == "duckdb":
         from whyprobe.export.duckdb_backend import to_duckdb
@@ -283,11 +295,14 @@ def _run(
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
+        if recorder is not None:
+            doc.update(mcp_messages=recorder.messages_written, tool_calls=len(recorder.calls))
         if explainer is not None:
             doc["findings"] = explainer.findings()
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
-    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
+    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped"
+    line += f", {recorder.messages_written:,} MCP messages, {len(recorder.calls):,} tool calls)" if recorder is not None else ")"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
     print(line)
