@@ -207,7 +207,9 @@ def _string_cond(key: str, spec: TracepointSpec, f: TpField, cmp: str, value: in
 
 def _name_matches(filename: str, name: str) -> bool:
     """libfoo.so matches libfoo.so and libfoo.so.2, libfoo matches libfoo.so.2 (shared objects only)."""
-    return filename == name or (filename.startswith(name + ".") and ".so" in filename[len(name) :])
+    if filename == name:
+        return True
+    return filename.startswith(name + ".") and (name.endswith(".so") or ".so" in filename[len(name) :])
 
 
 def find_library(name: str, pids: Sequence[int] = ()) -> tuple[str | None, list[str]]:
