@@ -17,7 +17,7 @@ def _dumps(data: Any) -> str:
 def cap_output(data: dict, cap: int) -> tuple[dict, str]:
     """(data, its JSON) with the JSON at most `cap` bytes: halve the longest list until it fits.
 
-    What was cut is said in the data itself (`truncated`), so a client reading only
+    What was cut is said in the data itself (`output_truncated`), so a client reading only
     structured content knows the answer is partial and how to ask for less.
     """
     blob = _dumps(data)
@@ -32,12 +32,12 @@ def cap_output(data: dict, cap: int) -> tuple[dict, str]:
         keep = len(longest) // 2
         omitted += len(longest) - keep
         _set(data, path, longest[:keep])
-        data["truncated"] = {"cap_bytes": cap, "items_omitted": omitted, "hint": "use limit/filters for less"}
+        data["output_truncated"] = {"cap_bytes": cap, "items_omitted": omitted, "hint": "use limit/filters for less"}
         blob = _dumps(data)
         if len(blob.encode()) <= cap:
             return data, blob
     # No list left to cut: what remains (long strings) is replaced by the note alone.
-    data = {"truncated": {"cap_bytes": cap, "items_omitted": omitted, "hint": "use limit/filters for less"}}
+    data = {"output_truncated": {"cap_bytes": cap, "items_omitted": omitted, "hint": "use limit/filters for less"}}
     if had_events:
         data["events"] = []
     return data, _dumps(data)
