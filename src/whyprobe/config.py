@@ -4,8 +4,8 @@ Every field has a default, so an empty file (or no file) is a valid config.
 Durations and sizes accept the strings people type (`5s`, `64MiB`, see
 `units.py`). `load_config` turns every problem (missing file, YAML syntax,
 duplicate or unknown key, bad value) into one `ConfigError` line naming the
-key path and the expected form. `example_yaml()` renders the defaults with
-their descriptions as comments; a test loads it back.
+key path and the expected form. The seed's published file is read as typed;
+`config_example.example_yaml()` prints one in the same shape, commented.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from whyprobe.errors import ConfigError
-from whyprobe.strmatch import PatternError, compile_pattern
+from whyprobe.tpfilter import FILTER_FORM, parse_filter
 from whyprobe.units import SIZE_FORM, UnitError, parse_duration_ns, parse_hostport, parse_size
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
     "PROBE_FAMILIES",
     "load_config",
     "parse_config",
-    "example_yaml",
+    "parse_filter",
+    "tool_plan",
 ]
 
 PROBE_FAMILIES = ("cuda", "sched", "block", "net", "syscalls", "proc", "stacks", "wire")
@@ -124,58 +125,6 @@ class UprobeSpec(_Section):
 
 
 _TP_NAME = re.compile(r"^[a-z0-9_]+:[a-z0-9_]+$")
-_CONDITION = re.compile(
-    r"^\s*([A-Za-z_]\w*)\s*(==|!=|!~|<=|>=|<|>|&|~)\s*(-?\d+|0x[0-9a-fA-F]+|\"[^\"]*\"|'[^']*')\s*$"
-)
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
-FILTER_FORM = (
-    'conditions like "pid == 123", "prev_state != 0" or "rwbs ~ \'.*W.*\'", joined with && or ||'
-)
-
-
-def _split(text: str, sep: str) -> list[str]:
-    """`text` split on `sep` outside quoted strings (a pattern may contain || or &&)."""
-    parts, start, pos = [], 0, 0
-    while (at := text.find(sep, pos)) >= 0:
-        quoted = next((m for m in _QUOTED.finditer(text, start) if m.start() < at < m.end()), None)
-        if quoted is not None:
-            pos = quoted.end()
-            continue
-        parts.append(text[start:at])
-        start = pos = at + len(sep)
-    return [*parts, text[start:]]
-
-
-def parse_filter(text: str) -> list[list[tuple[str, str, int | str]]]:
-    """'a == 1 && b != 0 || c ~ "x.*"' → OR of ANDs: [[(a, ==, 1), (b, !=, 0)], [(c, ~, "x.*")]].
-
-    Patterns (`~`, `!~`) are checked here, so `config --check` refuses one the kernel cannot run.
-    """
-    if not text.strip():
-        return []
-    alternatives = []
-    for alternative in _split(text, "||"):
-        conjunction = []
-        for condition in _split(alternative, "&&"):
-            match = _CONDITION.match(condition)
-            if match is None:
-                raise UnitError(f"expected {FILTER_FORM}")
-            field, op, raw = match.groups()
-            value: int | str = raw[1:-1] if raw[0] in "\"'" else int(raw, 0)
-            if op in ("~", "!~"):
-                if not isinstance(value, str):
-                    raise UnitError(f"{field} {op}: expected a quoted pattern, e.g. {field} {op} '.*W.*'")
-                try:
-                    compile_pattern(value)
-                except PatternError as exc:
-                    raise UnitError(f"pattern {raw}: {exc}") from None
-            elif isinstance(value, str) and op not in ("==", "!="):
-                raise UnitError(f"{field} {op}: a string compares only with ==, !=, ~ or !~")
-            conjunction.append((field, op, value))
-        alternatives.append(conjunction)
-    return alternatives
-
-
 class TracepointSpec(_Section):
     name: str = Field(description='Tracepoint as "category:event", e.g. sched:sched_switch.')
     filter: str = Field("", description=f"Optional filter: {FILTER_FORM}.")
@@ -514,60 +463,3 @@ def _path(loc: list) -> str:
 def _show(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def example_yaml(tools: Sequence[tuple[str, str, bool]] = ()) -> str:
-    """A commented config in the seed file's shape (what `whyprobe config --example` prints).
-
-    Scalars are the defaults; the lists hold working examples: the probes of the
-    seed file and, from `tools` ((name, description, event-shaped) of every
-    server tool), the full tool list, so deleting a line hides that tool.
-    """
-    lines = [
-        "# whyprobe configuration. Every key is optional: a missing key takes the value shown here.",
-        "# The probes lists and the tools list are examples (an empty or missing list: no extra probes; every tool).",
-        "# Durations read like 30s, 250ms, 5m, 1h; sizes like 64MiB, 1GB, 512k.",
-        "",
-    ]
-    defaults = Config()
-    for section, field in Config.model_fields.items():
-        lines.append(f"# {field.description}")
-        lines.append(f"{section}:")
-        if section == "tools":
-            lines.append("  # One entry per tool served, with its description; schema: \"event\" = structured output")
-            lines.append("  # carries an `events` list of event objects. (Or a mapping: enable / disable / descriptions.)")
-            entries = [{"name": n, "description": d, **({"schema": "event"} if ev else {})} for n, d, ev in tools]
-            lines.extend(_block(entries, indent="") if entries else ["  disable: []"])
-            lines.append("")
-            continue
-        sub = getattr(defaults, section)
-        for key, info in type(sub).model_fields.items():
-            lines.append(f"  # {info.description}")
-            value = getattr(sub, key)
-            example = (info.json_schema_extra or {}).get("example") if isinstance(info.json_schema_extra, dict) else None
-            if example:
-                lines.append(f"  {key}:")
-                lines.extend(_block(example, indent="  "))
-                continue
-            if key.endswith("_size") and value % 2**20 == 0:
-                value = f"{value >> 20}MiB"
-            lines.append(f"  {info.alias or key}: {_yaml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _block(items: list[dict], indent: str) -> list[str]:
-    """A list of mappings as block YAML, strings double-quoted like the seed file."""
-    out = []
-    for item in items:
-        for i, (k, v) in enumerate(item.items()):
-            out.append(f"{indent}  {'- ' if i == 0 else '  '}{k}: {_yaml_value(v)}")
-    return out
-
-
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -14,7 +14,6 @@ import pytest
 
 from whyprobe.config import TracepointSpec, UprobeSpec
 from whyprobe.errors import ConfigError
-from whyprobe.strmatch import MAX_BYTES, MAX_CLASSES, MAX_STATES
 from whyprobe.probes import custom, families
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.custom import (
@@ -28,6 +27,7 @@ from whyprobe.probes.custom import (
     parse_format,
     tracepoint_slots,
 )
+from whyprobe.strmatch import MAX_BYTES, MAX_CLASSES, MAX_STATES
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf"
 

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
           whyprobe config --example > whyprobe.yaml
           whyprobe config --check whyprobe.yaml
         """
-        from whyprobe.config import example_yaml, load_config, tool_plan
+        from whyprobe.config import load_config, tool_plan
+        from whyprobe.config_example import example_yaml
 
         if example == (check is not None):
             raise CommandError("give exactly one of --example or --check FILE", exit_code=2)
