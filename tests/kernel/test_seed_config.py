@@ -112,3 +112,33 @@ def test_mcp_serves_the_seed_server_and_tools(seed_trace, tmp_path: Path) -> Non
     traced = {int(p) for p in con.execute("SELECT pid_filter FROM sessions").fetchone()[0].split(",")}
     children = {p for (p,) in con.execute("SELECT pid FROM process_names WHERE ppid IN (%s)" % ",".join(map(str, traced)))}
     assert {e["pid"] for e in events} <= traced | children
+
+
+def test_attach_modes_on_the_real_libcudart(tmp_path: Path) -> None:
+    # GIVEN the real libcudart probed three ways: cudaLaunchKernel at entry, cudaDeviceSynchronize at return,
+    # cudaMalloc both; and the cuda family on the same library, for the return codes it reads
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(
+        "probes:\n  families: [cuda]\n  uprobes:\n"
+        f'    - {{library: "{REAL_CUDART}", symbol: cudaLaunchKernel, attach: entry}}\n'
+        f'    - {{library: "{REAL_CUDART}", symbol: cudaDeviceSynchronize, attach: return}}\n'
+        f'    - {{library: "{REAL_CUDART}", symbol: cudaMalloc, attach: both}}\n'
+    )
+    w = build_workloads()
+    db = tmp_path / "t.db"
+    # WHEN the driver makes 250 launches, 40 syncs and 70 mallocs
+    proc = subprocess.run([sys.executable, "-m", "whyprobe", "trace", "--quiet", "--config", str(cfg), "--lib", str(REAL_CUDART), "--out", str(db),
+                           "--cmd", "--", str(w.driver), "-c", "0", str(REAL_CUDART), "cudaLaunchKernel=250", "cudaDeviceSynchronize=40", "cudaMalloc=70"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    con = sqlite3.connect(db)
+    custom = {op: con.execute("SELECT COUNT(*), SUM(duration > 0), COUNT(DISTINCT ret_code), MIN(ret_code) FROM events WHERE source = ? AND op = ?",
+                              (int(Source.CUSTOM), op)).fetchone() for op in (0, 1, 2)}
+    cuda_ret = dict(con.execute("SELECT o.name, MIN(e.ret_code) FROM events e JOIN ops o ON o.source_id = e.source AND o.op_id = e.op "
+                                "WHERE e.source = ? GROUP BY o.name", (int(Source.CUDA),)).fetchall())
+    # THEN entry: one record per launch, no duration, no return value
+    assert custom[0] == (250, 0, 1, 0)
+    # AND return: one record per sync with the return value the runtime gave (the cuda family read the same)
+    assert custom[1][:3] == (40, 0, 1) and custom[1][3] == cuda_ret["cudaDeviceSynchronize"]
+    # AND both: one record per malloc with its duration and return value
+    assert custom[2][:3] == (70, 70, 1) and custom[2][3] == cuda_ret["cudaMalloc"]
