@@ -6,7 +6,7 @@ first NUL (at most MAX_BYTES bytes), matches PATTERN in full, as Python's
 on a string field is the pattern of that literal text. PATTERN is a regular
 expression made of literal characters, `.` (any byte but newline),
 classes `[...]`/`[^...]`, `\\d \\w \\s`, groups `(...)`, alternation `|` and
-repetition `* + ? {m,n}`; anchors, backreferences and lookaround are not
+repetition `* + ? {m,n}`; anchors, backreferences and lookbehind are not
 regular (or not needed: the match is always whole) and are refused.
 
 interegular parses the pattern into a minimal DFA; here it becomes three
@@ -58,6 +58,8 @@ def compile_pattern(pattern: str) -> Dfa:
     try:
         fsm = interegular.parse_pattern(pattern).to_fsm().reduce()
     except interegular.Unsupported as exc:
+        if str(exc).strip("'") in ("^", "$"):
+            raise PatternError("anchors ^ and $ are not needed: ~ always matches the whole field") from None
         raise PatternError(f"unsupported in a kernel filter pattern: {exc}") from None
     except Exception as exc:  # interegular reports syntax errors with several exception types
         detail = f" ({exc})" if str(exc) else ""

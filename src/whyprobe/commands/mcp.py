@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
 
         Command-line options win over the --config file, which wins over the defaults.
 
+        \b
           whyprobe mcp --db t.db
           whyprobe mcp --db t.db --config whyprobe.yaml
           WHYPROBE_MCP_TOKEN=s3cret whyprobe mcp --db t.db --http --bind 0.0.0.0:8755
