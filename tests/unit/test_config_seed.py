@@ -142,3 +142,21 @@ def test_cap_trims_the_longest_list_and_says_so() -> None:
     assert cap_output(huge, 2048)[0] == {"output_truncated": {"cap_bytes": 2048, "items_omitted": 0, "hint": "use limit/filters for less"}, "events": []}
 
 
+
+
+def test_pid_filtering_true_in_mcp_is_the_traced_processes_and_their_descendants(tmp_path: Path) -> None:
+    import sqlite3
+
+    from whyprobe.commands.mcp import traced_pids
+
+    db = make_trace(tmp_path / "t.db")
+    conn = sqlite3.connect(db)
+    # GIVEN a session that traced pid 100, whose child 300 forked 400; pid 200 was not traced
+    conn.execute("INSERT INTO sessions(started_at, pid_filter) VALUES (1, '100')")
+    conn.executemany("INSERT INTO process_names(pid, name, ppid) VALUES (?, ?, ?)", [(300, "worker", 100), (400, "sub", 300), (500, "other", 200)])
+    conn.commit()
+    assert traced_pids(db) == [100, 300, 400]
+    # AND a trace of every process (--all) is not narrowed
+    conn.execute("INSERT INTO sessions(started_at, pid_filter) VALUES (2, 'all')")
+    conn.commit()
+    assert traced_pids(db) == []
