@@ -160,3 +160,32 @@ def test_pid_filtering_true_in_mcp_is_the_traced_processes_and_their_descendants
     conn.execute("INSERT INTO sessions(started_at, pid_filter) VALUES (2, 'all')")
     conn.commit()
     assert traced_pids(db) == []
+
+
+def test_401_audit_rows_are_bounded_per_address_and_count_what_they_leave_out(tmp_path: Path) -> None:
+    import sqlite3
+
+    from whyprobe.server.security import AuditLog, BearerAuth
+
+    async def app(scope, receive, send):  # never reached without the token
+        raise AssertionError("request passed auth")
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    audit = AuditLog(tmp_path / "a.sqlite")
+    auth = BearerAuth(app, "s3cret", audit)
+    now = [100.0]
+    auth.clock = lambda: now[0]
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "client": ("10.0.0.9", 5555), "headers": [(b"authorization", b"Bearer guess")]}
+    # GIVEN 50 refused requests from one address within one instant, then one more a second later
+    for _ in range(50):
+        anyio.run(auth, scope, None, send)
+    now[0] += 1.0
+    anyio.run(auth, scope, None, send)
+    # THEN every one was answered 401, but only a burst of 10 plus the later one were logged, which counts the 40 left out
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [401] * 51
+    reasons = [r for (r,) in sqlite3.connect(audit.path).execute("SELECT reason FROM audit_log ORDER BY id")]
+    assert reasons == ["401 wrong bearer token"] * 10 + ["401 wrong bearer token (40 earlier refusals from this address not logged: over 10/s)"]

@@ -78,13 +78,21 @@ class BearerAuth:
     """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>`; 401 with no detail.
 
     A refused request is an audit row too (who knocked, on what, why refused):
-    a security team wants the failed attempts most of all.
+    a security team wants the failed attempts most of all. So that a flood of
+    unauthenticated requests cannot grow the audit log without bound, at most
+    AUDIT_401_PER_S rows per second per address are written; the row after a
+    quiet spell counts the refusals left out.
     """
+
+    AUDIT_401_PER_S = 10
 
     def __init__(self, app: Any, token: str, audit: "AuditLog | None" = None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
         self.audit = audit
+        self.clock = time.monotonic
+        self._limiter = RateLimiter(self.AUDIT_401_PER_S)
+        self._unlogged: dict[str, int] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -100,6 +108,12 @@ class BearerAuth:
         if self.audit is None:
             return
         host = (scope.get("client") or ("?",))[0]
+        if not self._limiter.allow(host, now=self.clock()):
+            self._unlogged[host] = self._unlogged.get(host, 0) + 1
+            return
+        left_out = self._unlogged.pop(host, 0)
+        if left_out:
+            why += f" ({left_out} earlier refusals from this address not logged: over {self.AUDIT_401_PER_S}/s)"
         try:
             self.audit.write(client=f"http:{host}", tool=f"http:{scope.get('method', '?')} {scope.get('path', '')}", args={},
                              rows=0, duration_ns=0, allowed=False, reason=f"401 {why}")
