@@ -39,7 +39,7 @@ from elftools.elf.sections import SymbolTableSection
 from whyprobe.kernel.libbpf import map_lookup, map_update
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
-from whyprobe.events import F_HAS_PYSTACK
+from whyprobe.events import F_HAS_PYSTACK, Source
 from whyprobe.probes.pyframes import PY_CODE_KEY, PY_CODE_SIZE, Mapping, PythonFrames, image_signature, discover_python, read_maps
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 FNV_OFFSET, FNV_PRIME, MASK64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
 PY_MAX_FRAMES = 32
 PY_FRAME = struct.Struct("<QQ")
+SAMPLE_DEPTH = 127
+SAMPLE_STACK = struct.Struct(f"<II{SAMPLE_DEPTH + 1}Q")  # struct sample_stack in bpf/profile.bpf.c
+CPU_SAMPLE = (int(Source.HOST), 16)
 
 
 def fnv1a64(data: bytes) -> int:
@@ -187,6 +190,7 @@ class StacksFamily:
         self.native: dict[int, tuple[list[int], list[dict]]] = {}  # hash -> (ips, frames), symbolized at the end
         self.combined: dict[int, tuple[list[int], list[dict], int]] = {}  # hash -> (ips, Python frames, native hash)
         self._unsymbolized: dict[int, tuple[int, list[int], list[Mapping]]] = {}  # hash -> (pid, ips, maps)
+        self._sample_hash: dict[int, int] = {}  # sample_stacks key -> stack hash
         self._py_frames: dict[tuple[int, int], tuple[list[tuple[int, int]], list[dict]]] = {}
         self._configured: set[tuple[int, int]] = set()  # (map fd, pid)
         # Last maps seen per pid, and what they looked like (an exec replaces them):
@@ -312,8 +316,38 @@ class StacksFamily:
         for i in has.tolist():
             self._python_stack(int(records["pid"][i]), int(records["aux"][i]))
 
+    def _sample_maps(self) -> list[int]:
+        return [obj.map_fd("sample_stacks") for obj in (self.probes.objects if self.probes else []) if obj.loaded and "sample_stacks" in obj.map_names()]
+
+    def _sample_stacks(self, rows: np.ndarray) -> None:
+        """On-CPU samples name their native stack by a content key in `sample_stacks`
+        (bpf/profile.bpf.c): give them the stack hash the session gives the same IPs."""
+        sel = np.flatnonzero((rows["source"] == CPU_SAMPLE[0]) & (rows["op"] == CPU_SAMPLE[1]) & (rows["arg2"] != 0))
+        if not len(sel):
+            return
+        keys = rows["arg2"][sel]
+        maps: dict[int, list[Mapping]] = {}
+        for key in np.unique(keys).tolist():
+            if key in self._sample_hash:
+                continue
+            ips: list[int] = []
+            for fd in self._sample_maps():
+                raw = map_lookup(fd, (key & MASK64).to_bytes(8, "little"), SAMPLE_STACK.size)
+                if raw is not None:
+                    n = min(SAMPLE_STACK.unpack_from(raw)[0], SAMPLE_DEPTH)
+                    ips = [ip for ip in np.frombuffer(raw, "<u8", n, 8).tolist() if ip]
+                    break
+            h = as_int64(fnv1a64(np.asarray(ips, "<u8").tobytes())) if ips else 0
+            if h and h not in self.native and h not in self._unsymbolized:
+                pid = int(rows["pid"][sel[np.flatnonzero(keys == key)[0]]])
+                self._unsymbolized[h] = (pid, ips, maps.setdefault(pid, read_maps(pid)))
+            self._sample_hash[key] = h  # content-keyed: the same key is always the same stack
+        rows["stack_hash"][sel] = [self._sample_hash[k] for k in keys.tolist()]
+        rows["arg2"][sel] = 0  # the key means nothing outside this trace
+
     def on_rows(self, rows: np.ndarray) -> None:
         """Give rows with Python frames the hash of (native IPs, Python pairs); call after on_batch."""
+        self._sample_stacks(rows)
         has = np.flatnonzero(rows["flags"] & F_HAS_PYSTACK)
         for i in has.tolist():
             py = self._py_frames.get((int(rows["pid"][i]), int(rows["aux"][i]) & MASK64))

@@ -378,8 +378,8 @@ class TraceSession:
         rows = rows_from_records(records, self._clock_offset)
         if self.options.precision_ns:
             rows["timestamp"] -= rows["timestamp"] % self.options.precision_ns
-        # CUDA calls carry stacks under --stack, on-CPU samples always.
-        self._fill_stacks(records, rows)
+        if self.options.capture_stacks:
+            self._fill_stacks(records, rows)
         details = self._details(records)
         self._names(records)
         self.stats.add(records)
