@@ -24,7 +24,7 @@ import sys
 import textwrap
 
 from whyprobe.events import EVENT_DTYPE, F_HAS_PYSTACK
-from whyprobe.kernel.libbpf import enable_run_time_stats, prog_run_stats
+from whyprobe.kernel.perf import enable_run_time_stats, prog_run_stats
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
