@@ -167,3 +167,16 @@ def test_on_cpu_slow_calls_name_what_ran_inside_them(tmp_path):
     assert on_cpu["samples"] == 30
     assert [(f["function"], f["share"]) for f in on_cpu["frames"]] == [("memcpy", 0.667), ("compute_logprobs", 0.333)]
     assert "67% of slow-call samples in libc.so.6 memcpy, 33% in sampler.py:212 compute_logprobs" in top["summary"]
+
+
+def test_only_data_loading_frames_count_as_data_loading():
+    # GIVEN a sample in torch's collate, one in PIL's JPEG decoder, one detokenizing, one parsing JSON
+    frames = {
+        1: COLLATE,
+        2: [{"s": "decode", "f": "/venv/PIL/JpegImagePlugin.py", "l": 400, "py": True}],
+        3: [{"s": "decode", "f": "/venv/vllm/transformers_utils/detokenizer.py", "l": 120, "py": True}],
+        4: [{"s": "raw_decode", "f": "/usr/lib/python3.11/json/decoder.py", "l": 353, "py": True}],
+    }
+    s = Samples(np.array([7] * 4), np.arange(4), np.array([1, 2, 3, 4]), lambda h: frames[h])
+    # THEN half the samples were loading data: the collate and the image decoding
+    assert hot_frames(s, 7, np.array([0]), np.array([4]))["data_loading"] == 0.5

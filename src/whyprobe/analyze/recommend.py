@@ -6,6 +6,8 @@ from whyprobe.analyze.samples import frame_text, frame_where
 from whyprobe.units import fmt_bytes, fmt_ns
 
 _LAUNCH_WORDS = ("Launch", "launch")
+# DataLoader advice for a GPU gap needs at least this share of its samples in data-loading code.
+DATA_LOADING_SHARE = 0.2
 _COPY_WORDS = ("Memcpy", "memcpy")
 
 
@@ -149,7 +151,7 @@ def _gap_on_cpu_fix(c: dict, me: str) -> str:
             "for traces recorded by `whyprobe trace` (sampling is on by default). If it is data preprocessing, "
             "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True) so the thread only feeds the GPU."
         )
-    if c.get("data_loading_share", 0) >= 0.2:
+    if c.get("data_loading_share", 0) >= DATA_LOADING_SHARE:
         return (
             f"{me} loads and prepares data itself between GPU steps ({100 * c['data_loading_share']:.0f}% of gap samples in data-loading code): "
             "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True, prefetch_factor) so batches are ready."

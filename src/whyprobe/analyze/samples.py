@@ -23,9 +23,14 @@ from whyprobe.events import Source
 
 CPU_SAMPLE = (int(Source.HOST), 16)
 TOP_FRAMES = 5
-# Frames that mean the thread loads data itself: PyTorch's loader, collate functions,
-# image/audio/text decoding.
-DATA_LOADING = re.compile(r"torch/utils/data/|collate|decod|/PIL/|torchvision/transforms|imread|cv2", re.IGNORECASE)
+# Frames that mean the thread loads training data itself: PyTorch's loader and collate
+# functions, dataset readers, image and audio decoding. Not "decode" alone: an inference
+# engine detokenizing or a server parsing JSON is not loading data.
+DATA_LOADING = re.compile(
+    r"torch/utils/data/|collate|site-packages/datasets/|/PIL/|torchvision/(?:io|transforms|datasets)/|torchaudio/|"
+    r"imdecode|imread|decode_(?:jpeg|png|image)|/cv2/|soundfile|librosa",
+    re.IGNORECASE,
+)
 
 
 @dataclass
