@@ -1,7 +1,9 @@
 """Stacks: native user stacks symbolized with pyelftools, and CPython frames (3.10-3.13, probes/pyframes.py).
 
-The BPF side records native IPs in the shared `stacks` map (frame pointers)
-and, where an object includes bpf/pystacks.bpf.h, (code object, instruction)
+The BPF side records native IPs in the shared `stacks` map (frame pointers;
+on-CPU samples in the profile object's content-keyed `sample_stacks`, which
+on_rows turns into the same hashes) and, where an object includes
+bpf/pystacks.bpf.h, (code object, instruction)
 pairs in `py_stacks` under the id it puts in wp_event.aux (WP_F_HAS_PYSTACK).
 This module tells the kernel where each target's interpreter keeps its state
 (`py_procs`), and turns both into `stack_traces` rows:
