@@ -59,6 +59,7 @@ F_NO_RETURN = 1 << 1
 F_PREEMPTED = 1 << 2
 F_HAS_PAYLOAD = 1 << 3
 F_HAS_PYSTACK = 1 << 4
+F_DETAIL_LOST = 1 << 8  # set in user space: the event is stored, its payload (detail) was lost
 
 
 class Source(IntEnum):

@@ -59,7 +59,7 @@ def test_one_run_writes_exactly_the_records_asked_for() -> None:
         assert set(recs["comm"]) == {b""}
         ts = recs["ts_ns"].astype(np.int64)
         assert before <= ts[0] and ts[-1] <= after and (np.diff(ts) >= 0).all()
-        assert ps.drops() == {"ring": 0, "rate": 0}
+        assert ps.drops() == {"ring": 0, "rate": 0, "payload": 0, "by_family": {}, "by_cpu": {}}
 
 
 def test_full_ring_counts_every_record_that_did_not_fit() -> None:

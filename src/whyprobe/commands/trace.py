@@ -209,7 +209,7 @@ def _run(
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.record.capture import capture, remove_db, session_argv
-    from whyprobe.record.session import TraceOptions
+    from whyprobe.record.session import TraceOptions, drops_where
 
     stderr = Console(stderr=True)
     options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})
@@ -290,6 +290,12 @@ def _run(
     line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
+        where = drops_where(summary.by_family, summary.by_cpu, "events")
+        line += f" ({where})" if where else ""
+    if summary.payload_drops:
+        where = drops_where(summary.by_family, summary.by_cpu, "payloads")
+        line += (f" - {summary.payload_drops:,} payload records lost ({where}): {summary.details_lost:,} events stored"
+                 " without their path/argv/address")
     print(line)
     if quiet:
         return

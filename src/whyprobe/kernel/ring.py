@@ -141,6 +141,17 @@ class PayloadBatch:
     def empty(cls) -> "PayloadBatch":
         return cls(np.zeros(0, PAYLOAD_DTYPE), np.zeros(0, np.uint8), np.zeros(0, np.int64))
 
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[np.void, bytes]]) -> "PayloadBatch":
+        """From (header, data) pairs, e.g. records built by hand in tests."""
+        if not pairs:
+            return cls.empty()
+        hdr = np.array([h for h, _ in pairs], PAYLOAD_DTYPE)
+        lens = np.array([len(d) for _, d in pairs], np.int64)
+        hdr["len"] = lens
+        start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        return cls(hdr, np.frombuffer(b"".join(d for _, d in pairs), np.uint8), start)
+
     def __len__(self) -> int:
         return len(self.hdr)
 

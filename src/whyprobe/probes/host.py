@@ -35,6 +35,7 @@ import numpy as np
 
 from whyprobe.kernel import caps
 from whyprobe.kernel.libbpf import BpfObject, map_keys, map_lookup
+from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.syscalls_x86_64 import syscall_name, syscall_ops
@@ -120,37 +121,76 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-def describe(records: np.ndarray, payloads: Sequence[tuple[np.void, bytes]]) -> list[str | None]:
+def _keys(ts: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    """(ts_ns, tid) pairs as one sortable 12-byte value each."""
+    k = np.empty(len(ts), [("ts", "<u8"), ("tid", "<u4")])
+    k["ts"], k["tid"] = ts, tid
+    return k.view("V12")
+
+
+def _match(want: np.ndarray, have: np.ndarray) -> np.ndarray:
+    """For each key of `want`, the index of an equal key in `have`, or -1."""
+    if not len(have):
+        return np.full(len(want), -1, np.int64)
+    order = np.argsort(have, kind="stable")
+    pos = np.minimum(np.searchsorted(have[order], want), len(have) - 1)
+    return np.where(have[order][pos] == want, order[pos], -1)
+
+
+def describe(records: np.ndarray, payloads: "PayloadBatch | Sequence[tuple[np.void, bytes]]") -> list[str | None]:
     """`events.detail` for each record of the host families, from payloads with the same (tid, ts_ns).
 
-    Records without WP_F_HAS_PAYLOAD, or of other sources, get None. The BPF
-    side submits payloads before their event, so drain the events ring first,
-    then the payloads ring, and every payload an event announces is there.
+    Records without WP_F_HAS_PAYLOAD, or whose payload never came, get None.
+    The BPF side submits payloads before their event, so drain the events ring
+    first, then the payloads ring, and every payload an event announces is
+    there unless the payload ring was full. The join is numpy (sort + search);
+    Python only slices and decodes the matched bytes.
     """
-    by_key: dict[tuple[int, int], dict[int, bytes]] = {}
-    for hdr, data in payloads:
-        kind = int(hdr["kind"])
-        if kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR):
-            by_key.setdefault((int(hdr["tid"]), int(hdr["ts_ns"])), {})[kind] = bytes(data)
+    if not isinstance(payloads, PayloadBatch):
+        payloads = PayloadBatch.from_pairs(list(payloads))
     out: list[str | None] = [None] * len(records)
-    if not by_key:
+    want = np.flatnonzero(records["flags"] & F_HAS_PAYLOAD)
+    if not len(want) or not len(payloads):
         return out
-    for i in np.flatnonzero(records["flags"] & F_HAS_PAYLOAD):
-        r = records[i]
-        got = by_key.get((int(r["tid"]), int(r["ts_ns"])))
-        if not got:
+    ev = records[want]
+    ekeys = _keys(ev["ts_ns"], ev["tid"])
+    hdr = payloads.hdr
+    pkeys = _keys(hdr["ts_ns"], hdr["tid"])
+    raw = payloads.buf.tobytes()
+    starts, lens = payloads.start.tolist(), hdr["len"].tolist()
+    found = {}
+    for kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR):
+        sel = np.flatnonzero(hdr["kind"] == kind)
+        if len(sel):
+            m = _match(ekeys, pkeys[sel])
+            found[kind] = np.where(m >= 0, sel[np.maximum(m, 0)], -1)
+        else:
+            found[kind] = np.full(len(want), -1, np.int64)
+
+    def data(j: int) -> bytes:
+        return raw[starts[j] : starts[j] + lens[j]]
+
+    path, argv, addr = (found[k].tolist() for k in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR))
+    plain = (ev["source"] == Source.SYSCALL).tolist()
+    sources, ops, arg0 = ev["source"].tolist(), ev["op"].tolist(), ev["arg0"].tolist()
+    for n, i in enumerate(want.tolist()):
+        p = path[n]
+        if plain[n] and p >= 0 and addr[n] < 0:  # the common case: one path of a syscall
+            b = data(p)
+            out[i] = b.decode("utf-8", "replace") if b"\0" not in b else " -> ".join(_text(x) for x in b.split(b"\0"))
             continue
-        source, op = int(r["source"]), int(r["op"])
+        source, op = sources[n], ops[n]
         if source == Source.TCP:
-            out[i] = tcp_retransmit_text(got.get(PayloadKind.SOCKADDR, b""), int(r["arg0"]))
+            if addr[n] >= 0:
+                out[i] = tcp_retransmit_text(data(addr[n]), arg0[n])
         elif source == Source.HOST and op == HOST_EXEC:
-            argv = [_text(a) for a in got.get(PayloadKind.ARGV, b"").rstrip(b"\0").split(b"\0") if a]
-            out[i] = shlex.join(argv) if argv else _text(got.get(PayloadKind.PATH, b""))
-        elif PayloadKind.SOCKADDR in got:
-            out[i] = sockaddr_text(got[PayloadKind.SOCKADDR])
-        elif PayloadKind.PATH in got:
-            parts = got[PayloadKind.PATH].split(b"\0")
-            out[i] = " -> ".join(_text(p) for p in parts) if len(parts) > 1 else _text(parts[0])
+            args = [_text(a) for a in data(argv[n]).rstrip(b"\0").split(b"\0") if a] if argv[n] >= 0 else []
+            out[i] = shlex.join(args) if args else (_text(data(p)) if p >= 0 else None)
+        elif addr[n] >= 0:
+            out[i] = sockaddr_text(data(addr[n]))
+        elif p >= 0:
+            parts = data(p).split(b"\0")
+            out[i] = " -> ".join(_text(x) for x in parts) if len(parts) > 1 else _text(parts[0])
     return out
 
 

@@ -11,7 +11,7 @@ thread. The UI only ever reads immutable snapshots.
 Hooks a probe family may define besides the ProbeFamily protocol:
   tick(pids) -> list[str]         periodic (~200 ms) work, e.g. attach new libraries
   flags() -> dict                 merged into sessions.flags at the end
-  on_payloads(list[(hdr, data)])  every drained payload record (MCP bytes, paths ...)
+  on_payloads(PayloadBatch)       every drained payload record (MCP bytes, paths ...); iterates as (hdr, data)
   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
 """
 
@@ -31,11 +31,11 @@ import numpy as np
 
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
-from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
 from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
+from whyprobe.events import EVENT_DTYPE, F_DETAIL_LOST, F_HAS_PAYLOAD, PayloadKind, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
 
@@ -107,21 +107,37 @@ class TraceSummary:
     ops: tuple[OpStat, ...]
     warnings: tuple[str, ...]
     targets: tuple[int, ...]
+    # Payload records lost in the kernel, and stored events left without their detail for it.
+    payload_drops: int = 0
+    details_lost: int = 0
+    # Kernel losses by probe family and by CPU: {name: {"events": n, "payloads": n}}.
+    by_family: dict = field(default_factory=dict)
+    by_cpu: dict = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
+        """Events lost (payload losses are not: their events are stored)."""
         return self.ring_drops + self.rate_drops + self.queue_drops
 
     def to_json(self) -> dict:
         return {
             "out": self.path,
             "events": self.events,
-            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped},
+            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped,
+                        "by_family": self.by_family, "by_cpu": self.by_cpu},
+            "payloads_lost": {"records": self.payload_drops, "events_without_detail": self.details_lost},
             "duration_s": round(self.duration_s, 3),
             "targets": list(self.targets),
             "ops": {o.name: {"count": o.count, "p50_ns": o.p50_ns, "p99_ns": o.p99_ns, "errors": o.errors} for o in self.ops},
             "warnings": list(self.warnings),
         }
+
+
+def drops_where(by_family: dict, by_cpu: dict, key: str) -> str:
+    """Where `key` ("events" or "payloads") losses happened: 'syscalls 12, proc 3; cpu0 10, cpu1 5'."""
+    fams = ", ".join(f"{f} {c[key]:,}" for f, c in sorted(by_family.items()) if c.get(key))
+    cpus = ", ".join(f"cpu{n} {c[key]:,}" for n, c in sorted(by_cpu.items(), key=lambda x: int(x[0])) if c.get(key))
+    return "; ".join(p for p in (fams, cpus) if p)
 
 
 def display_name(source: int, op: int) -> str:
@@ -204,14 +220,14 @@ class TraceSession:
         self._seen_tids: set[int] = set()
         self._seen_pids: set[int] = set()
         self._stack_hash: dict[int, int] = {}
-        self._detail_payloads: list = []
-        self._detail_mark = 0
+        self._detail_payloads: list[PayloadBatch] = []  # this drain's and the one before
+        self.details_lost = 0
         self._records_seen = 0
         self._started = 0.0
-        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "queue": 0})
+        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "payload": 0, "queue": 0})
         self._prev_counts: dict[int, int] = {}
         self._last_snapshot = 0.0
-        self._drops = {"ring": 0, "rate": 0}
+        self._drops: dict = {"ring": 0, "rate": 0, "payload": 0}
         self._reader_error: BaseException | None = None
         self._snapshots = None
         self._last_checkpoint = 0.0
@@ -307,8 +323,10 @@ class TraceSession:
                 flags.update(fam.flags())
         if self.warnings:
             flags["warnings"] = self.warnings
+        flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self.details_lost}
         self.writer.update_session(
-            ring_drops=drops["ring"], rate_drops=drops["rate"], events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags
+            ring_drops=drops["ring"], rate_drops=drops["rate"], payload_drops=drops["payload"],
+            events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags,
         )
         self._ring.close()
         self._payloads.close()
@@ -325,6 +343,10 @@ class TraceSession:
             ops=self.stats.ops({}, 0),
             warnings=tuple(self.warnings),
             targets=tuple(sorted(self._pids)),
+            payload_drops=drops["payload"],
+            details_lost=self.details_lost,
+            by_family=drops["by_family"],
+            by_cpu=drops["by_cpu"],
         )
         if self._reader_error is not None:
             raise self._reader_error
@@ -368,15 +390,16 @@ class TraceSession:
     def _drain_once(self, timeout_ms: int) -> int:
         records = self._ring.poll(timeout_ms)
         payloads = self._payloads.poll(0)
-        if payloads:
+        if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
+            self._detail_payloads = self._detail_payloads[-1:]
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
-        details = self._details(records)
+        details = self._details(records, rows)
         self._names(records)
         self.stats.add(records)
         for fam in self.families:
@@ -391,26 +414,32 @@ class TraceSession:
         self.writer.put_events(rows, details)
         return len(records)
 
-    def _take_payloads(self, payloads: list) -> None:
+    def _take_payloads(self, payloads: PayloadBatch) -> None:
         for fam in self.families:
             if hasattr(fam, "on_payloads"):
                 fam.on_payloads(payloads)
-        self._detail_payloads += [(h, d) for h, d in payloads if int(h["kind"]) in _DETAIL_KINDS]
+        detail = np.isin(payloads.hdr["kind"], _DETAIL_KINDS)
+        if detail.any():
+            self._detail_payloads.append(payloads.select(detail))
 
-    def _details(self, records: np.ndarray) -> list[str | None] | None:
+    def _details(self, records: np.ndarray, rows: np.ndarray) -> list[str | None] | None:
         """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
 
         Producers submit a payload before its event, so it was drained in this
         round or the one before (if it landed between our two ring reads); older
-        unmatched payloads belong to dropped events and are let go.
+        unmatched payloads belong to dropped events and are let go. An event
+        whose payload never came (payloads ring full) is stored without detail
+        and flagged F_DETAIL_LOST in `rows`.
         """
-        if not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
-            self._detail_payloads = self._detail_payloads[self._detail_mark :]
-            self._detail_mark = len(self._detail_payloads)
+        pending, self._detail_payloads = self._detail_payloads, self._detail_payloads[-1:]
+        want = (records["flags"] & F_HAS_PAYLOAD) != 0
+        if not want.any():
             return None
-        details = describe(records, self._detail_payloads)
-        self._detail_payloads = self._detail_payloads[self._detail_mark :]
-        self._detail_mark = len(self._detail_payloads)
+        details = describe(records, PayloadBatch.concat(pending))
+        lost = want & np.fromiter((d is None for d in details), bool, len(details))
+        if lost.any():
+            rows["flags"][lost] |= F_DETAIL_LOST
+            self.details_lost += int(lost.sum())
         return details if any(d is not None for d in details) else None
 
     def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
@@ -459,7 +488,7 @@ class TraceSession:
 
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
-        drops = dict(self._drops, queue=self.writer.queue_drops)
+        drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self.details_lost)
         ops = self.stats.ops(self._prev_counts, interval)
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now
