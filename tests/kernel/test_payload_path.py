@@ -1,0 +1,159 @@
+"""The payload path under real eBPF on messy workloads: a version-manager shim starting python
+plus 300 short children, 2,000 opens with a payload ring too small to hold their paths, instant
+events written over a wrapped ring, a 300 KB MCP message over the SDK's stdio pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from spy_peers import CLIENT, SERVER, jsonl
+
+from whyprobe.analyze.explain import explain
+from whyprobe.commands import main
+from whyprobe.events import F_DETAIL_LOST, F_HAS_PAYLOAD, Source
+from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.host import ProcFamily, SyscallsFamily
+from whyprobe.record.session import TraceOptions, TraceSession
+from whyprobe.store.reader import open_trace
+
+pytestmark = pytest.mark.usefixtures("bpf_required")
+
+HOST_EXEC, HOST_EXIT, HOST_FORK = 5, 6, 7
+NR_OPENAT = 257
+HELPERS = ("/bin/true", "/bin/cat /dev/null", "/usr/bin/basename /a/b", "/usr/bin/dirname /a/b")
+
+
+def _shim(bin_dir: Path) -> None:
+    """`python3` as a version manager installs it: a bash script that runs 40 helpers, then execs."""
+    bin_dir.mkdir()
+    helpers = "\n".join(f"{h} >/dev/null" for h in HELPERS for _ in range(10))
+    (bin_dir / "python3").write_text(f"#!/bin/bash\n{helpers}\nexec {sys.executable} \"$@\"\n")
+    (bin_dir / "python3").chmod(0o755)
+
+
+def test_shim_start_and_300_children_lose_nothing_with_default_probes_and_rings(tmp_path, monkeypatch, capsys) -> None:
+    # GIVEN python3 on PATH is a bash shim (40 helper processes, then exec), and a script starting 300 children
+    _shim(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    script = tmp_path / "script.py"
+    script.write_text("import subprocess\nfor i in range(300):\n    subprocess.run(['/bin/true', str(i)])\n")
+    db = tmp_path / "t.db"
+    # WHEN it is traced as a user would, default probes and ring sizes
+    rc = main(["trace", "--quiet", "--out", str(db), "--cmd", "--", "python3", str(script)])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    conn = sqlite3.connect(db)
+    # THEN nothing was lost: no event, no payload, nothing in the writer queue
+    assert conn.execute("SELECT ring_drops, payload_drops, queue_drops, rate_drops FROM sessions").fetchone() == (0, 0, 0, 0), line
+    assert "(0 dropped)" in line or ", 0 dropped)" in line, line
+    # AND every exec is there with its argv: the 300 children and the shim's 10 runs of each helper
+    execs = [d for (d,) in conn.execute("SELECT detail FROM events WHERE source = ? AND op = ?", (Source.HOST, HOST_EXEC))]
+    assert sum(d == f"/bin/true {i}" for d in execs for i in range(300)) == 300
+    for h in HELPERS:
+        assert execs.count(h) == 10, (h, execs[:50])
+    # AND every event that announced a payload has its detail
+    opens = conn.execute("SELECT COUNT(*), COUNT(detail) FROM events WHERE source = ? AND op = ?", (Source.SYSCALL, NR_OPENAT)).fetchone()
+    assert opens[0] > 1000 and opens[0] == opens[1]
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE flags & ? AND detail IS NULL", (F_HAS_PAYLOAD,)).fetchone() == (0,)
+
+
+def _gated(code: str) -> subprocess.Popen:
+    """A python child that waits for a line on stdin, then runs `code`."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\n" + code], stdin=subprocess.PIPE)
+
+
+def _trace(db: Path, families: list, proc: subprocess.Popen, options: TraceOptions) -> object:
+    session = TraceSession(db, families, TargetSpec(pids=[proc.pid]), options)
+    session.start()
+    try:
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        summary = session.stop()
+    return summary
+
+
+def test_2000_opens_are_all_stored_and_lost_paths_count_as_payload_losses(tmp_path) -> None:
+    # GIVEN 2,000 open() calls of distinct names, and a payload ring of one page drained every 200 ms
+    code = "import os\nfor i in range(2000):\n    try: open(f'/nonexistent/wp-{i}')\n    except OSError: pass\n"
+    proc = _gated(code)
+    opts = TraceOptions(payload_ring_bytes=4096, drain_pause_s=0.2, snapshots=False)
+    db = tmp_path / "t.db"
+    summary = _trace(db, [SyscallsFamily()], proc, opts)
+    conn = sqlite3.connect(db)
+    mine = "FROM events WHERE pid = ? AND source = ? AND op = ?"
+    args = (proc.pid, Source.SYSCALL, NR_OPENAT)
+    stored = conn.execute(f"SELECT COUNT(*) {mine} AND detail LIKE '/nonexistent/wp-%'", args).fetchone()[0]
+    bare = conn.execute(f"SELECT COUNT(*) {mine} AND detail IS NULL AND flags & ?", (*args, F_DETAIL_LOST)).fetchone()[0]
+    # THEN every openat event is stored: with its path, or flagged as having lost it
+    assert stored + bare == 2000
+    assert bare > 0  # one page cannot hold 2,000 paths between two drains
+    # AND the losses are payload losses, not event drops, counted per family
+    assert summary.dropped == 0 and summary.ring_drops == 0
+    assert summary.payload_drops >= bare and summary.details_lost >= bare
+    assert summary.by_family["syscalls"]["payloads"] == summary.payload_drops
+    row = conn.execute("SELECT ring_drops, payload_drops FROM sessions").fetchone()
+    assert row == (0, summary.payload_drops)
+    flags = json.loads(conn.execute("SELECT flags FROM sessions").fetchone()[0])
+    assert flags["drops"]["by_family"]["syscalls"] == {"events": 0, "payloads": summary.payload_drops}
+    # AND explain says exactly that: complete, with a note on the details that were lost
+    doc = explain(open_trace(db))
+    assert doc["complete"] is True and doc["dropped_events"] == 0
+    assert doc["payload_drops"] == summary.payload_drops and doc["events_without_detail"] >= bare
+    assert any("stored without their detail" in n and "No event is missing" in n for n in doc["notes"])
+
+
+def test_instant_events_written_over_a_wrapped_ring_carry_duration_zero(tmp_path) -> None:
+    # GIVEN a 16 KiB event ring (146 records) that 2,000 long syscalls wrap ~14 times, then 50
+    # forks, execs and exits (instant events) written over that memory, paced so none is dropped
+    code = (
+        "import os, time\nfor _ in range(2000):\n    time.sleep(0.0002)\n"
+        "for _ in range(50):\n    pid = os.fork()\n    if pid == 0:\n        os.execv('/bin/true', ['/bin/true'])\n"
+        "    os.waitpid(pid, 0)\n    time.sleep(0.02)\n"
+    )
+    proc = _gated(code)
+    opts = TraceOptions(ring_bytes=16384, poll_ms=5, snapshots=False)
+    db = tmp_path / "t.db"
+    summary = _trace(db, [ProcFamily(), SyscallsFamily(emit_all=True)], proc, opts)
+    conn = sqlite3.connect(db)
+    # THEN the long records were there and wrapped the ring many times
+    slow = conn.execute("SELECT COUNT(*) FROM events WHERE source = ? AND op = 230 AND duration > 100000", (Source.SYSCALL,)).fetchone()[0]
+    assert slow > 10 * 146 and summary.dropped == 0
+    # AND every fork, exec and exit is instant, with nothing from an older record
+    rows = conn.execute(
+        "SELECT op, duration, arg2, aux, stack_hash FROM events WHERE source = ? AND op IN (?, ?, ?)",
+        (Source.HOST, HOST_FORK, HOST_EXEC, HOST_EXIT),
+    ).fetchall()
+    ops = [r[0] for r in rows]
+    assert ops.count(HOST_FORK) == 50 and ops.count(HOST_EXEC) == 50 and ops.count(HOST_EXIT) >= 50
+    assert {r[1:] for r in rows} == {(0, 0, 0, 0)}
+
+
+def test_300_kb_tool_argument_over_the_sdk_stdio_pair_is_captured_whole(tmp_path) -> None:
+    # GIVEN the SDK client calling its stdio server with a 300 KB argument, then a 1.5 MiB one
+    script = " && ".join(
+        shlex.join([*CLIENT, str(tmp_path / f"ref{big}.json"), "stdio", "1", str(big), "--", *SERVER]) for big in (300_000, 1_500_000)
+    )
+    # WHEN spy records it with the default --max-message (1 MiB)
+    rc = main(["spy", "--quiet", "--out", str(tmp_path / "s.db"), "--jsonl", str(tmp_path / "s.jsonl"), "--cmd", "--", "sh", "-c", script])
+    assert rc == 0
+    msgs = [m for m in jsonl(tmp_path / "s.jsonl") if m["tool_name"] == "size" and m["kind"] == "request"]
+    assert len(msgs) == 2
+    small, big = sorted(msgs, key=lambda m: m["size"])
+    # THEN the 300 KB message is whole, argument and all
+    assert small["truncated"] == 0 and small["payload"]["params"]["arguments"] == {"blob": "x" * 300_000}
+    assert small["size"] > 300_000
+    # AND the one over the cap is marked truncated, with its real size
+    assert big["truncated"] == 1 and big["size"] > 1_500_000
+    # AND the store holds the same
+    conn = sqlite3.connect(tmp_path / "s.db")
+    stored = conn.execute("SELECT truncated, length(payload) FROM mcp_messages WHERE tool_name = 'size' AND kind = 'request' ORDER BY size").fetchall()
+    assert stored[0][0] == 0 and stored[0][1] > 300_000 and stored[1][0] == 1
