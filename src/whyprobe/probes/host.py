@@ -39,7 +39,7 @@ from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.syscalls_x86_64 import syscall_name, syscall_ops
-from whyprobe.events import F_HAS_PAYLOAD, PayloadKind, Source
+from whyprobe.events import F_HAS_PAYLOAD, Details, PayloadKind, Source
 
 log = logging.getLogger(__name__)
 
@@ -121,77 +121,103 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _keys(ts: np.ndarray, tid: np.ndarray) -> np.ndarray:
-    """(ts_ns, tid) pairs as one sortable 12-byte value each."""
-    k = np.empty(len(ts), [("ts", "<u8"), ("tid", "<u4")])
-    k["ts"], k["tid"] = ts, tid
-    return k.view("V12")
+_RENAMES = (82, 264, 316)  # rename, renameat, renameat2: two paths, "old\0new"
 
 
-def _match(want: np.ndarray, have: np.ndarray) -> np.ndarray:
-    """For each key of `want`, the index of an equal key in `have`, or -1."""
-    if not len(have):
-        return np.full(len(want), -1, np.int64)
-    order = np.argsort(have, kind="stable")
-    pos = np.minimum(np.searchsorted(have[order], want), len(have) - 1)
-    return np.where(have[order][pos] == want, order[pos], -1)
+def _match(ev_ts: np.ndarray, ev_tid: np.ndarray, ts: np.ndarray, tid: np.ndarray) -> np.ndarray:
+    """For each event (ts, tid), the index of a payload with the same (ts, tid), or -1.
+
+    Sorted on the u64 timestamp alone (fast); the rare payloads sharing a
+    timestamp with another thread's are resolved one by one."""
+    out = np.full(len(ev_ts), -1, np.int64)
+    if not len(ts):
+        return out
+    order = np.argsort(ts, kind="stable")
+    sts = ts[order]
+    pos = np.minimum(np.searchsorted(sts, ev_ts), len(ts) - 1)
+    hit = sts[pos] == ev_ts
+    exact = hit & (tid[order[pos]] == ev_tid)
+    out[exact] = order[pos[exact]]
+    for i in np.flatnonzero(hit & ~exact).tolist():
+        j = int(pos[i])
+        while j < len(sts) and sts[j] == ev_ts[i]:
+            if tid[order[j]] == ev_tid[i]:
+                out[i] = order[j]
+                break
+            j += 1
+    return out
 
 
-def describe(records: np.ndarray, payloads: "PayloadBatch | Sequence[tuple[np.void, bytes]]") -> list[str | None]:
+def describe(records: np.ndarray, payloads: "PayloadBatch | Sequence[tuple[np.void, bytes]]") -> Details:
     """`events.detail` for each record of the host families, from payloads with the same (tid, ts_ns).
 
-    Records without WP_F_HAS_PAYLOAD, or whose payload never came, get None.
+    Records without WP_F_HAS_PAYLOAD, or whose payload never came, get NULL.
     The BPF side submits payloads before their event, so drain the events ring
     first, then the payloads ring, and every payload an event announces is
-    there unless the payload ring was full. The join is numpy (sort + search);
-    Python only slices and decodes the matched bytes.
+    there unless the payload ring was full. The join is numpy; a plain path of
+    a syscall (most details) is used where the ring put it, as long as it is
+    ASCII; only the rest (exec argv, addresses, renames, other text) becomes a
+    Python string on the way.
     """
     if not isinstance(payloads, PayloadBatch):
         payloads = PayloadBatch.from_pairs(list(payloads))
-    out: list[str | None] = [None] * len(records)
+    n = len(records)
+    offsets, lengths = np.zeros(n, np.int64), np.full(n, -1, np.int32)
     want = np.flatnonzero(records["flags"] & F_HAS_PAYLOAD)
     if not len(want) or not len(payloads):
-        return out
+        return Details(np.zeros(0, np.uint8), offsets, lengths)
     ev = records[want]
-    ekeys = _keys(ev["ts_ns"], ev["tid"])
-    hdr = payloads.hdr
-    pkeys = _keys(hdr["ts_ns"], hdr["tid"])
-    raw = payloads.buf.tobytes()
-    starts, lens = payloads.start.tolist(), hdr["len"].tolist()
+    hdr, buf = payloads.hdr, payloads.buf
     found = {}
     for kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR):
         sel = np.flatnonzero(hdr["kind"] == kind)
-        if len(sel):
-            m = _match(ekeys, pkeys[sel])
-            found[kind] = np.where(m >= 0, sel[np.maximum(m, 0)], -1)
-        else:
-            found[kind] = np.full(len(want), -1, np.int64)
-
-    def data(j: int) -> bytes:
-        return raw[starts[j] : starts[j] + lens[j]]
-
-    path, argv, addr = (found[k].tolist() for k in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR))
-    plain = (ev["source"] == Source.SYSCALL).tolist()
-    sources, ops, arg0 = ev["source"].tolist(), ev["op"].tolist(), ev["arg0"].tolist()
-    for n, i in enumerate(want.tolist()):
-        p = path[n]
-        if plain[n] and p >= 0 and addr[n] < 0:  # the common case: one path of a syscall
-            b = data(p)
-            out[i] = b.decode("utf-8", "replace") if b"\0" not in b else " -> ".join(_text(x) for x in b.split(b"\0"))
+        m = _match(ev["ts_ns"], ev["tid"], hdr["ts_ns"][sel], hdr["tid"][sel]) if len(sel) else np.full(len(want), -1)
+        found[kind] = np.where(m >= 0, sel[np.maximum(m, 0)] if len(sel) else -1, -1)
+    path, argv, addr = found[PayloadKind.PATH], found[PayloadKind.ARGV], found[PayloadKind.SOCKADDR]
+    start = payloads.start
+    plens = hdr["len"].astype(np.int64)
+    # Plain paths: a syscall's one path, all ASCII (no byte >= 128 in its span).
+    plain = (ev["source"] == Source.SYSCALL) & (path >= 0) & (addr < 0) & ~np.isin(ev["op"], _RENAMES)
+    p = np.maximum(path, 0)
+    if len(buf) and buf.max() >= 128:
+        high = np.flatnonzero(buf >= 128)
+        plain &= np.searchsorted(high, start[p] + plens[p]) == np.searchsorted(high, start[p])
+    offsets[want[plain]] = start[p[plain]]
+    lengths[want[plain]] = plens[p[plain]]
+    raw = None
+    extra: list[bytes] = []
+    at = len(buf)
+    for k in np.flatnonzero(~plain).tolist():
+        if raw is None:
+            raw = buf.tobytes()
+        text = _text_of(raw, start, plens, ev[k], int(path[k]), int(argv[k]), int(addr[k]))
+        if text is None:
             continue
-        source, op = sources[n], ops[n]
-        if source == Source.TCP:
-            if addr[n] >= 0:
-                out[i] = tcp_retransmit_text(data(addr[n]), arg0[n])
-        elif source == Source.HOST and op == HOST_EXEC:
-            args = [_text(a) for a in data(argv[n]).rstrip(b"\0").split(b"\0") if a] if argv[n] >= 0 else []
-            out[i] = shlex.join(args) if args else (_text(data(p)) if p >= 0 else None)
-        elif addr[n] >= 0:
-            out[i] = sockaddr_text(data(addr[n]))
-        elif p >= 0:
-            parts = data(p).split(b"\0")
-            out[i] = " -> ".join(_text(x) for x in parts) if len(parts) > 1 else _text(parts[0])
-    return out
+        b = text.encode()
+        offsets[want[k]], lengths[want[k]] = at, len(b)
+        extra.append(b)
+        at += len(b)
+    text_buf = np.concatenate([buf, np.frombuffer(b"".join(extra), np.uint8)]) if extra else buf
+    return Details(text_buf, offsets, lengths)
+
+
+def _text_of(raw: bytes, start: np.ndarray, lens: np.ndarray, r: np.void, path: int, argv: int, addr: int) -> str | None:
+    def data(j: int) -> bytes:
+        s = int(start[j])
+        return raw[s : s + int(lens[j])]
+
+    source, op = int(r["source"]), int(r["op"])
+    if source == Source.TCP:
+        return tcp_retransmit_text(data(addr), int(r["arg0"])) if addr >= 0 else None
+    if source == Source.HOST and op == HOST_EXEC:
+        args = [_text(a) for a in data(argv).rstrip(b"\0").split(b"\0") if a] if argv >= 0 else []
+        return shlex.join(args) if args else (_text(data(path)) if path >= 0 else None)
+    if addr >= 0:
+        return sockaddr_text(data(addr))
+    if path >= 0:
+        parts = data(path).split(b"\0")
+        return " -> ".join(_text(x) for x in parts) if len(parts) > 1 else _text(parts[0])
+    return None
 
 
 # ---- sched --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
 from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, F_DETAIL_LOST, F_HAS_PAYLOAD, PayloadKind, Source, op_name
+from whyprobe.events import EVENT_DTYPE, F_DETAIL_LOST, F_HAS_PAYLOAD, Details, PayloadKind, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
 
@@ -324,6 +324,7 @@ class TraceSession:
         if self.warnings:
             flags["warnings"] = self.warnings
         flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self.details_lost}
+        flags["payload_ring"] = {"records": self._payloads.records_read, "bytes": self._payloads.bytes_read}
         self.writer.update_session(
             ring_drops=drops["ring"], rate_drops=drops["rate"], payload_drops=drops["payload"],
             events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags,
@@ -422,7 +423,7 @@ class TraceSession:
         if detail.any():
             self._detail_payloads.append(payloads.select(detail))
 
-    def _details(self, records: np.ndarray, rows: np.ndarray) -> list[str | None] | None:
+    def _details(self, records: np.ndarray, rows: np.ndarray) -> Details | None:
         """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
 
         Producers submit a payload before its event, so it was drained in this
@@ -436,11 +437,11 @@ class TraceSession:
         if not want.any():
             return None
         details = describe(records, PayloadBatch.concat(pending))
-        lost = want & np.fromiter((d is None for d in details), bool, len(details))
+        lost = want & (details.lengths < 0)
         if lost.any():
             rows["flags"][lost] |= F_DETAIL_LOST
             self.details_lost += int(lost.sum())
-        return details if any(d is not None for d in details) else None
+        return details if (details.lengths >= 0).any() else None
 
     def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
         ids = records["stack_id"]
