@@ -106,7 +106,7 @@ def test_concurrent_producer_and_drain_lose_nothing_while_the_ring_has_room() ->
             for seq in range(0, total, batch):
                 while ring.available_bytes() > ring_bytes // 2:
                     pass
-                obj.test_run("produce", struct.pack("<5Q", batch, 1, 2, seq, 1))
+                obj.test_run("produce", struct.pack("<6Q", batch, 1, 2, seq, 1, 0))
 
         producer = threading.Thread(target=produce)
         producer.start()

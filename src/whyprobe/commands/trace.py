@@ -209,7 +209,8 @@ def _run(
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.record.capture import capture, remove_db, session_argv
-    from whyprobe.record.session import TraceOptions, drops_where
+    from whyprobe.record.details import drops_where
+    from whyprobe.record.session import TraceOptions
 
     stderr = Console(stderr=True)
     options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})

@@ -33,9 +33,9 @@ from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
-from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
+from whyprobe.record.details import DetailJoiner
 from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, F_DETAIL_LOST, F_HAS_PAYLOAD, Details, PayloadKind, Source, op_name
+from whyprobe.events import EVENT_DTYPE, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
 
@@ -49,7 +49,6 @@ CHECKPOINT_S = 5.0
 # Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
 _BUCKETS_PER_OCTAVE = 8
 _NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
-_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR)
 
 
 @dataclass
@@ -133,13 +132,6 @@ class TraceSummary:
         }
 
 
-def drops_where(by_family: dict, by_cpu: dict, key: str) -> str:
-    """Where `key` ("events" or "payloads") losses happened: 'syscalls 12, proc 3; cpu0 10, cpu1 5'."""
-    fams = ", ".join(f"{f} {c[key]:,}" for f, c in sorted(by_family.items()) if c.get(key))
-    cpus = ", ".join(f"cpu{n} {c[key]:,}" for n, c in sorted(by_cpu.items(), key=lambda x: int(x[0])) if c.get(key))
-    return "; ".join(p for p in (fams, cpus) if p)
-
-
 def display_name(source: int, op: int) -> str:
     if source == Source.SYSCALL:
         return syscall_name(op)
@@ -220,8 +212,7 @@ class TraceSession:
         self._seen_tids: set[int] = set()
         self._seen_pids: set[int] = set()
         self._stack_hash: dict[int, int] = {}
-        self._detail_payloads: list[PayloadBatch] = []  # this drain's and the one before
-        self.details_lost = 0
+        self._details = DetailJoiner()
         self._records_seen = 0
         self._started = 0.0
         self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "payload": 0, "queue": 0})
@@ -323,7 +314,7 @@ class TraceSession:
                 flags.update(fam.flags())
         if self.warnings:
             flags["warnings"] = self.warnings
-        flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self.details_lost}
+        flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self._details.details_lost}
         flags["payload_ring"] = {"records": self._payloads.records_read, "bytes": self._payloads.bytes_read}
         self.writer.update_session(
             ring_drops=drops["ring"], rate_drops=drops["rate"], payload_drops=drops["payload"],
@@ -345,7 +336,7 @@ class TraceSession:
             warnings=tuple(self.warnings),
             targets=tuple(sorted(self._pids)),
             payload_drops=drops["payload"],
-            details_lost=self.details_lost,
+            details_lost=self._details.details_lost,
             by_family=drops["by_family"],
             by_cpu=drops["by_cpu"],
         )
@@ -394,17 +385,17 @@ class TraceSession:
         if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
-            self._detail_payloads = self._detail_payloads[-1:]
+            self._details.idle()
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
-        details = self._details(records, rows)
-        self._names(records)
+        details = self._details.join(records, rows)
         self.stats.add(records)
         for fam in self.families:
             fam.on_batch(records)
+        self._names(records)
         for fam in self.families:
             if hasattr(fam, "on_rows"):
                 fam.on_rows(rows)
@@ -419,29 +410,7 @@ class TraceSession:
         for fam in self.families:
             if hasattr(fam, "on_payloads"):
                 fam.on_payloads(payloads)
-        detail = np.isin(payloads.hdr["kind"], _DETAIL_KINDS)
-        if detail.any():
-            self._detail_payloads.append(payloads.select(detail))
-
-    def _details(self, records: np.ndarray, rows: np.ndarray) -> Details | None:
-        """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
-
-        Producers submit a payload before its event, so it was drained in this
-        round or the one before (if it landed between our two ring reads); older
-        unmatched payloads belong to dropped events and are let go. An event
-        whose payload never came (payloads ring full) is stored without detail
-        and flagged F_DETAIL_LOST in `rows`.
-        """
-        pending, self._detail_payloads = self._detail_payloads, self._detail_payloads[-1:]
-        want = (records["flags"] & F_HAS_PAYLOAD) != 0
-        if not want.any():
-            return None
-        details = describe(records, PayloadBatch.concat(pending))
-        lost = want & (details.lengths < 0)
-        if lost.any():
-            rows["flags"][lost] |= F_DETAIL_LOST
-            self.details_lost += int(lost.sum())
-        return details if (details.lengths >= 0).any() else None
+        self._details.take(payloads)
 
     def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
         ids = records["stack_id"]
@@ -475,6 +444,7 @@ class TraceSession:
             return
         now = time.time_ns()
         threads, procs = [], []
+        described = next((f.processes for f in self.families if f.name == "proc" and hasattr(f, "processes")), {})
         for i in new:
             tid, pid = int(records["tid"][i]), int(records["pid"][i])
             comm = records["comm"][i].split(b"\0")[0].decode(errors="replace") or _thread_comm(pid, tid)
@@ -482,14 +452,17 @@ class TraceSession:
             threads.append((tid, pid, comm, now))
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                procs.append(_process_row(pid, comm, now))
+                known = described.get(pid)
+                # The proc family describes what forked or exec'd from the kernel's records: no /proc read.
+                procs.append(_process_row(pid, comm, now) if known is None else
+                             (pid, known["name"] or comm, now, known["ppid"], known["cmdline"], known["exe"], known["started_at"]))
         self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
         if procs:
             self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
 
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
-        drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self.details_lost)
+        drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self._details.details_lost)
         ops = self.stats.ops(self._prev_counts, interval)
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now

@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from whyprobe.record.session import Snapshot, drops_where
+from whyprobe.record.details import drops_where
+from whyprobe.record.session import Snapshot
 from whyprobe.units import fmt_ns
 
 REFRESH_PER_SECOND = 4
