@@ -247,7 +247,7 @@ def _run(
         nonlocal next_explain
         if exporter is not None:
             drops = session.snapshot().drops
-            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0))
+            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0), payload=drops.get("payload", 0))
         if explainer is not None and time.monotonic() >= next_explain and not json_out:
             next_explain = time.monotonic() + 1.0
             for f in explainer.findings():
