@@ -172,3 +172,29 @@ def test_300_kb_tool_argument_over_the_sdk_stdio_pair_is_captured_whole(tmp_path
     conn = sqlite3.connect(tmp_path / "s.db")
     stored = conn.execute("SELECT truncated, length(payload) FROM mcp_messages WHERE tool_name = 'size' AND kind = 'request' ORDER BY size").fetchall()
     assert stored[0][0] == 0 and stored[0][1] > 300_000 and stored[1][0] == 1
+
+
+def test_processes_are_named_from_records_and_live_ones_get_their_command_line_later(tmp_path) -> None:
+    # GIVEN a traced python (no proc family) that starts 200 short children, then opens files for ~0.6 s
+    code = (
+        "import os, time, subprocess\nfor _ in range(200):\n    subprocess.run(['/bin/true'])\n"
+        "t = time.monotonic()\nwhile time.monotonic() - t < 0.6:\n    open('/etc/hostname').close()\n"
+    )
+    proc = _gated(code)
+    db = tmp_path / "t.db"
+    session = TraceSession(db, [SyscallsFamily()], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
+    session.start()
+    try:
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        session.run(lambda: proc.poll() is not None)
+    finally:
+        session.stop()
+    conn = sqlite3.connect(db)
+    # THEN every process seen has a row named from its records
+    names = dict(conn.execute("SELECT pid, name FROM process_names"))
+    seen = {p for (p,) in conn.execute("SELECT DISTINCT pid FROM events")}
+    assert proc.pid in seen and seen <= set(names) and all(names[p] for p in seen)
+    # AND the long-lived target has its command line and parent, read from /proc while it ran
+    cmdline, ppid = conn.execute("SELECT cmdline, ppid FROM process_names WHERE pid = ?", (proc.pid,)).fetchone()
+    assert cmdline.startswith(sys.executable) and "-c" in cmdline and ppid == os.getpid()

@@ -17,9 +17,11 @@ Hooks a probe family may define besides the ProbeFamily protocol:
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
+import select
 import shlex
 import threading
 import time
@@ -46,6 +48,8 @@ TICK_S = 0.2
 SNAPSHOT_S = 0.25
 # In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
 CHECKPOINT_S = 5.0
+# Processes read from /proc per tick (their names come from the records; this adds command lines).
+PROC_READS_PER_TICK = 64
 # Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
 _BUCKETS_PER_OCTAVE = 8
 _NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
@@ -211,6 +215,7 @@ class TraceSession:
         self._clock_offset = 0
         self._seen_tids: set[int] = set()
         self._seen_pids: set[int] = set()
+        self._unread_pids: collections.deque[tuple[int, str, int]] = collections.deque()  # (pid, comm, seen_at)
         self._stack_hash: dict[int, int] = {}
         self._details = DetailJoiner()
         self._records_seen = 0
@@ -248,6 +253,11 @@ class TraceSession:
             self.probes.add_targets(self._pids)
             self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
             self._payloads = PayloadReader(self.probes.payloads_fd)
+            # Either ring's early wake-up (more than half full) ends the wait: paths can fill the
+            # payload ring while the event ring is still far from half full.
+            self._wake = select.epoll()
+            for fd in (self.probes.events_fd, self.probes.payloads_fd):
+                self._wake.register(fd, select.EPOLLIN)
         except BaseException:
             self._teardown_on_error()
             raise
@@ -286,12 +296,24 @@ class TraceSession:
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))
         self._drops = self.probes.drops()
+        self._read_process_facts()
         now = time.monotonic()
         if now - self._last_checkpoint >= CHECKPOINT_S:
             self._last_checkpoint = now
             for fam in self.families:
                 if hasattr(fam, "checkpoint"):
                     fam.checkpoint(self.writer)
+
+    def _read_process_facts(self) -> None:
+        """Command line, exe, parent and start of processes first seen since the last tick, from /proc,
+        a bounded number per tick: a storm of short-lived processes costs a few failed opens, not one per pid."""
+        rows = []
+        for _ in range(min(len(self._unread_pids), PROC_READS_PER_TICK)):
+            row = _process_row(*self._unread_pids.popleft())
+            if row[4] or row[5]:
+                rows.append(row)
+        if rows:
+            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), rows, replace=True)
 
     def stop(self) -> TraceSummary:
         """Detach (links first), drain what is left, let families flush, commit and close."""
@@ -322,6 +344,7 @@ class TraceSession:
         )
         self._ring.close()
         self._payloads.close()
+        self._wake.close()
         self.probes.close()
         self.writer.close()
         elapsed = time.monotonic() - self._started
@@ -380,8 +403,11 @@ class TraceSession:
             self._reader_error = exc
 
     def _drain_once(self, timeout_ms: int) -> int:
-        records = self._ring.poll(timeout_ms)
-        payloads = self._payloads.poll(0)
+        # Events first, then payloads: a payload is submitted before its event.
+        records, payloads = self._ring.drain(), self._payloads.drain()
+        if not len(records) and not len(payloads) and timeout_ms > 0:
+            self._wake.poll(timeout_ms / 1000.0)
+            records, payloads = self._ring.drain(), self._payloads.drain()
         if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
@@ -453,9 +479,13 @@ class TraceSession:
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
                 known = described.get(pid)
-                # The proc family describes what forked or exec'd from the kernel's records: no /proc read.
-                procs.append(_process_row(pid, comm, now) if known is None else
-                             (pid, known["name"] or comm, now, known["ppid"], known["cmdline"], known["exe"], known["started_at"]))
+                # Named from the kernel's records (the proc family's for what forked or exec'd); /proc
+                # only fills in the command line of those still alive, later, off this thread (tick).
+                if known is None:
+                    procs.append((pid, comm, now, 0, "", "", 0))
+                    self._unread_pids.append((pid, comm, now))
+                else:
+                    procs.append((pid, known["name"] or comm, now, known["ppid"], known["cmdline"], known["exe"], known["started_at"]))
         self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
         if procs:
             self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
