@@ -181,7 +181,11 @@ static __always_inline __u64 wp_wakeup_flags(void *ring, __u64 ring_size)
 /* A payload record is built in a per-CPU scratch buffer, then copied into the
  * ring at its real length (bpf_ringbuf_output): a 20-byte path takes 72 bytes
  * of ring, not a 4 KiB slot. A reservation must be of constant size, and the
- * length of a user string is only known once it has been read. */
+ * length of a user string is only known once it has been read.
+ * Two programs never share a scratch buffer mid-record: each object has its
+ * own map; tp/ and uprobe programs run one at a time per CPU (the kernel's
+ * bpf_prog_active guard skips a nested one), and the raw_tp/tp_btf programs
+ * that write payloads (proc) run with preemption disabled. */
 struct wp_payload_rec {
 	struct wp_payload hdr;
 	__u8 data[WP_CHUNK_LEN];
