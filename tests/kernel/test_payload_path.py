@@ -4,6 +4,7 @@ events written over a wrapped ring, a 300 KB MCP message over the SDK's stdio pa
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -12,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from mcp import Client
 from spy_peers import CLIENT, SERVER, jsonl
 
 from whyprobe.analyze.explain import explain
@@ -21,6 +24,9 @@ from whyprobe.events import F_DETAIL_LOST, F_HAS_PAYLOAD, Source
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.host import ProcFamily, SyscallsFamily
 from whyprobe.record.session import TraceOptions, TraceSession
+from whyprobe.reporters.explain import render_explain_text
+from whyprobe.server.app import build_server
+from whyprobe.server.tools import ServerState
 from whyprobe.store.reader import open_trace
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
@@ -124,6 +130,21 @@ def test_2000_opens_are_all_stored_and_lost_paths_count_as_payload_losses(tmp_pa
     assert doc["complete"] is True and doc["dropped_events"] == 0
     assert doc["payload_drops"] == summary.payload_drops and doc["events_without_detail"] >= bare
     assert any("stored without their detail" in n and "No event is missing" in n for n in doc["notes"])
+    text = io.StringIO()
+    render_explain_text(doc, text)
+    assert "incomplete" not in text.getvalue() and "events are stored without their detail" in text.getvalue()
+    # AND the MCP facts carry both counts
+    facts = _facts(db)
+    assert facts["sessions"][0]["payload_drops"] == summary.payload_drops and facts["sessions"][0]["ring_drops"] == 0
+    assert facts["events_without_detail"] == summary.details_lost
+
+
+def _facts(db: Path) -> dict:
+    async def go() -> dict:
+        async with Client(build_server(ServerState(db))) as c:
+            return json.loads((await c.read_resource("whyprobe://facts")).contents[0].text)
+
+    return anyio.run(go)
 
 
 def test_instant_events_written_over_a_wrapped_ring_carry_duration_zero(tmp_path) -> None:
