@@ -9,11 +9,13 @@ import json
 import os
 import shlex
 import sqlite3
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 from mcp import Client
 from spy_peers import CLIENT, SERVER, jsonl
@@ -21,6 +23,8 @@ from spy_peers import CLIENT, SERVER, jsonl
 from whyprobe.analyze.explain import explain
 from whyprobe.commands import main
 from whyprobe.events import F_DETAIL_LOST, F_HAS_PAYLOAD, Source
+from whyprobe.kernel.libbpf import map_items, map_update
+from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.host import ProcFamily, SyscallsFamily
 from whyprobe.record.session import TraceOptions, TraceSession
@@ -219,3 +223,21 @@ def test_processes_are_named_from_records_and_live_ones_get_their_command_line_l
     # AND the long-lived target has its command line and parent, read from /proc while it ran
     cmdline, ppid = conn.execute("SELECT cmdline, ppid FROM process_names WHERE pid = ?", (proc.pid,)).fetchone()
     assert cmdline.startswith(sys.executable) and "-c" in cmdline and ppid == os.getpid()
+
+
+def test_batched_map_read_returns_every_entry_once() -> None:
+    # GIVEN the syscalls object's `stats` hash map with 10,000 entries (more than two batches)
+    with ProbeSet() as ps:
+        fam = SyscallsFamily()
+        fam.attach(ps, TargetSpec(pids=[]))
+        fd = fam.obj.map_fd("stats")
+        value = bytes(fam.obj.map_value_size("stats"))
+        for i in range(10_000):
+            map_update(fd, struct.pack("<4I", 1000 + i, 1000 + i, i % 400, 0), struct.pack("<Q", i + 1) + value[8:])
+        # WHEN it is read 4,096 entries per syscall
+        keys, values, n = map_items(fd, 16, len(value))
+    # THEN every key comes back once, with its own value
+    got = np.frombuffer(keys, "<u4").reshape(n, 4)
+    counts = np.frombuffer(values, "<u8").reshape(n, -1)[:, 0]
+    assert n == 10_000 and len(set(got[:, 0].tolist())) == 10_000
+    assert np.array_equal(counts, got[:, 0].astype(np.uint64) - 999)
