@@ -15,6 +15,7 @@ from whyprobe.record.targets import check_out
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
 DEFAULT_RING = 16 << 20
+PAYLOAD_RING_MIN = 4 << 20  # ~45,000 paths of ~90 bytes
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
         probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),
+        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config); the payload ring (paths, argv, MCP bytes) is a quarter of it, at least 4MiB."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -213,7 +214,9 @@ def _run(
     from whyprobe.record.session import TraceOptions
 
     stderr = Console(stderr=True)
-    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})
+    # The payload ring grows with --ring, so a larger event ring is not undone by a payload ring that fills first.
+    options = TraceOptions(ring_bytes=ring_bytes, payload_ring_bytes=max(PAYLOAD_RING_MIN, ring_bytes // 4), capture_stacks=stack,
+                           session_fields={"argv": session_argv()})
     if cfg:
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)

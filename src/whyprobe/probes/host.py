@@ -25,7 +25,7 @@ import logging
 import os
 import struct
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import orjson
