@@ -26,7 +26,7 @@ from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.analyze.samples import CPU_SAMPLE, Samples
 from whyprobe.errors import StoreError, WhyprobeError
-from whyprobe.events import Source
+from whyprobe.events import F_DETAIL_LOST, Source
 from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]
@@ -56,6 +56,15 @@ def _drops(db: TraceDB) -> int:
     if not cols:
         return 0
     return _scalar(db, f"SELECT COALESCE(SUM({' + '.join(cols)}), 0) FROM sessions") or 0
+
+
+def _payload_drops(db: TraceDB) -> tuple[int, int]:
+    """(payload records lost in the kernel, events stored without their detail because of it)."""
+    if not db.has("sessions", "payload_drops"):
+        return 0, 0
+    lost = _scalar(db, "SELECT COALESCE(SUM(payload_drops), 0) FROM sessions") or 0
+    bare = _scalar(db, "SELECT COUNT(*) FROM events WHERE flags & ?", (F_DETAIL_LOST,)) if lost and db.has("events", "flags") else 0
+    return lost, bare or 0
 
 
 def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
@@ -177,6 +186,13 @@ def explain(
         )
     if dropped:
         doc["notes"].append(f"{dropped} events were dropped while tracing: evidence may be missing.")
+    payloads_lost, bare = _payload_drops(db)
+    doc["payload_drops"], doc["events_without_detail"] = int(payloads_lost), int(bare)
+    if payloads_lost:
+        doc["notes"].append(
+            f"{payloads_lost} payload records (paths, argv, addresses) were lost while tracing: {bare} events are stored"
+            " without their detail (detail NULL, flag F_DETAIL_LOST). No event is missing for it."
+        )
     if first is None or end <= start:
         return doc
     whole = (since_ns is None or since_ns <= first) and (until_ns is None or until_ns > (last or 0))

@@ -30,6 +30,9 @@ enum wp_source {
 #define WP_F_PREEMPTED (1u << 2) /* sched_switch: prev_state was TASK_RUNNING */
 #define WP_F_HAS_PAYLOAD (1u << 3) /* a payload record with the same (tid, ts_ns) follows */
 #define WP_F_HAS_PYSTACK (1u << 4) /* a Python stack is stored under aux */
+/* Set by user space, never by BPF: WP_F_HAS_PAYLOAD was set but the payload was
+ * lost (payloads ring full), so the stored event has no detail. */
+#define WP_F_DETAIL_LOST (1u << 8)
 
 /* One fixed-size record in the `events` ring. Widest fields first, no holes. */
 struct wp_event {

@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
+import numpy as np
+
 from whyprobe.kernel.loader import ProbeSet
+from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.mcpwire.message import McpMessage, ToolCall
 from whyprobe.mcpwire.pipeline import WirePipeline
 from whyprobe.mcpwire.reassembly import WIRE_KINDS
@@ -144,10 +147,12 @@ class WireRecorder:
     def on_batch(self, records: object) -> None:
         return None
 
-    def on_payloads(self, payloads: list) -> None:
+    def on_payloads(self, payloads: PayloadBatch) -> None:
         """Reader thread: decode, tell observers at once, keep rows until they settle."""
         now = time.monotonic()
         out: list[McpMessage] = []
+        # Paths and argv of the host families share the ring: leave them out in one numpy call.
+        payloads = payloads.select(np.isin(payloads.hdr["kind"], WIRE_KINDS))
         with self._lock:
             for hdr, data in payloads:
                 if int(hdr["kind"]) not in WIRE_KINDS:

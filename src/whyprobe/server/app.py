@@ -22,6 +22,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from whyprobe.config import ToolSpec
+from whyprobe.events import F_DETAIL_LOST
 from whyprobe.server import tools as T
 from whyprobe.server.output import EventShaped, cap_output, event_shaped
 from whyprobe.server.security import AuditLog, RateLimiter, fence
@@ -324,9 +325,12 @@ def _facts_doc(state: T.ServerState) -> dict:
             p["comm"] = names.get(p["pid"], "")
     if db.has("sessions"):
         cols = db.columns.get("sessions", frozenset())
-        want = [c for c in ("hostname", "node", "kernel", "gpu_model", "ring_drops", "queue_drops", "rate_drops", "pruned") if c in cols]
+        want = [c for c in ("hostname", "node", "kernel", "gpu_model", "ring_drops", "queue_drops", "rate_drops", "payload_drops", "pruned") if c in cols]
         if want:
             facts["sessions"] = [dict(zip(want, r)) for r in q(f"SELECT {', '.join(want)} FROM sessions LIMIT 20")]
+        if "payload_drops" in cols:
+            # Events kept, details lost: the event counts are complete, some paths/argv are not.
+            facts["events_without_detail"] = q("SELECT COUNT(*) FROM events WHERE flags & ?", (F_DETAIL_LOST,)).fetchone()[0]
     if state.settings.pid_filter:
         facts["pid_filter"] = list(state.settings.pid_filter)
     return facts
