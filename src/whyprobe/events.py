@@ -59,8 +59,36 @@ F_NO_RETURN = 1 << 1
 F_PREEMPTED = 1 << 2
 F_HAS_PAYLOAD = 1 << 3
 F_HAS_PYSTACK = 1 << 4
-F_SOCK_OWNER = 1 << 8
-F_FAULT_WAIT = 1 << 9
+F_DETAIL_LOST = 1 << 8  # set in user space: the event is stored, its payload (detail) was lost
+F_SOCK_OWNER = 1 << 9
+F_FAULT_WAIT = 1 << 10
+
+
+class Details:
+    """The `events.detail` column of a batch, without a Python str per event.
+
+    Row i's text is text[offsets[i]:offsets[i] + lengths[i]] (UTF-8), NULL where
+    lengths[i] < 0: the paths of a batch stay where the payload ring put them.
+    """
+
+    __slots__ = ("text", "offsets", "lengths")
+
+    def __init__(self, text: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        self.text, self.offsets, self.lengths = text, offsets, lengths
+
+    @classmethod
+    def from_strings(cls, values: "list[str | None]") -> "Details":
+        encoded = [None if v is None else v.encode() for v in values]
+        lengths = np.array([-1 if e is None else len(e) for e in encoded], np.int32)
+        offsets = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+        return cls(np.frombuffer(b"".join(e for e in encoded if e), np.uint8), offsets, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def tolist(self) -> "list[str | None]":
+        raw = self.text.tobytes()
+        return [None if n < 0 else raw[o : o + n].decode("utf-8", "replace") for o, n in zip(self.offsets.tolist(), self.lengths.tolist())]
 
 
 class Source(IntEnum):
@@ -166,6 +194,7 @@ OPS: list[OpInfo] = (
             (6, "process_exit", "Process exited (ret = exit code)"),
             (7, "process_fork", "Process forked (arg0 = child pid, auto-enrolled)"),
             (8, "page_fault", "User page fault (arg0 = address)"),
+            (16, "cpu_sample", "On-CPU sample of a traced thread (arg0 = period ns, arg1 = 1 in kernel mode; stack = what it ran)"),
             (20, "direct_reclaim", "Direct reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
             (21, "memcg_reclaim", "Cgroup memory reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
             (22, "compaction", "Memory compaction in a traced thread's context (arg0 = status, arg1 = sync)"),

@@ -61,12 +61,16 @@ def test_stack_hash_is_fnv1a64_as_sqlite_integer():
 
 
 def test_live_view_renders_a_snapshot():
-    snap = Snapshot(12.5, (42,), (OpStat("cudaMemcpy", 1234, 98.0, 2_500_000, 40_000_000, 3),), 1300, {"ring": 7, "rate": 0, "queue": 0})
+    drops = {"ring": 7, "rate": 0, "queue": 0, "payload": 5, "details_lost": 4,
+             "by_family": {"cuda_session": {"events": 7, "payloads": 0}, "syscalls": {"events": 0, "payloads": 5}},
+             "by_cpu": {"0": {"events": 7, "payloads": 2}, "1": {"events": 0, "payloads": 3}}}
+    snap = Snapshot(12.5, (42,), (OpStat("cudaMemcpy", 1234, 98.0, 2_500_000, 40_000_000, 3),), 1300, drops)
     console = Console(file=io.StringIO(), width=120, color_system=None)
     console.print(render_snapshot(snap, "t.db"))
     text = console.file.getvalue()
     assert "cudaMemcpy" in text and "1,234" in text and "2.50 ms" in text and "40.0 ms" in text
-    assert "drops: ring 7  rate 0  queue 0" in text
+    assert "events dropped: ring 7  rate 0  queue 0 (cuda_session 7; cpu0 7)" in text
+    assert "payloads lost: 5 (syscalls 5; cpu0 2, cpu1 3); 4 events stored without detail" in text
     assert "elapsed 12.5 s   events 1,300   targets 42" in text
     # an op with no latency yet shows "-" rather than "0 ns"
     empty = Snapshot(0.5, (42,), (OpStat("cudaFree", 0, 0.0, 0, 0, 0),), 0, {})

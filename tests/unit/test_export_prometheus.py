@@ -40,7 +40,7 @@ def test_histograms_counters_and_drops_over_http() -> None:
     metrics.observe(_records([(Source.CUDA, 3, d) for d in launches[:3]] + [(Source.CUDA, 5, 2_000_000)]))
     metrics.observe(_records([(Source.CUDA, 3, d) for d in launches[3:]] + [(Source.HOST, 1, 30_000)] * 3))
     metrics.set_drops(ring=7, queue=2)
-    metrics.set_drops(rate=1)
+    metrics.set_drops(rate=1, payload=11)
     port = _free_port()
     stop = metrics.serve(f":{port}")
     try:
@@ -68,6 +68,8 @@ def test_histograms_counters_and_drops_over_http() -> None:
     # AND drop totals per reason
     drops = {s.labels["reason"]: s.value for s in families["whyprobe_dropped_events"].samples if s.name == "whyprobe_dropped_events_total"}
     assert drops == {"ring": 7, "queue": 2, "rate": 1}
+    # AND lost payload records apart from them (their events were kept)
+    assert [s.value for s in families["whyprobe_payloads_lost"].samples if s.name == "whyprobe_payloads_lost_total"] == [11]
 
 
 def test_observe_accepts_store_rows_with_a_duration_field() -> None:

@@ -24,8 +24,9 @@ from whyprobe.analyze.engine import FirstCalls, Names
 from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze, retransmit_peer
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
+from whyprobe.analyze.samples import CPU_SAMPLE, Samples
 from whyprobe.errors import StoreError, WhyprobeError
-from whyprobe.events import F_SOCK_OWNER, Source
+from whyprobe.events import F_DETAIL_LOST, F_SOCK_OWNER, Source
 from whyprobe.store.kernels import kernel_names
 from whyprobe.store.reader import EventColumns, TraceDB
 
@@ -58,6 +59,15 @@ def _drops(db: TraceDB) -> int:
     return _scalar(db, f"SELECT COALESCE(SUM({' + '.join(cols)}), 0) FROM sessions") or 0
 
 
+def _payload_drops(db: TraceDB) -> tuple[int, int]:
+    """(payload records lost in the kernel, events stored without their detail because of it)."""
+    if not db.has("sessions", "payload_drops"):
+        return 0, 0
+    lost = _scalar(db, "SELECT COALESCE(SUM(payload_drops), 0) FROM sessions") or 0
+    bare = _scalar(db, "SELECT COUNT(*) FROM events WHERE flags & ?", (F_DETAIL_LOST,)) if lost and db.has("events", "flags") else 0
+    return lost, bare or 0
+
+
 def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
     """(source, op, pid) → events the recorder counted but did not keep (event_aggregates)."""
     if not (db.has("event_aggregates", "count") and db.has("event_aggregates", "stored")):
@@ -86,6 +96,25 @@ def _stack(db: TraceDB, stack_hash: int) -> list[str]:
 
     row = db.conn.execute("SELECT frames FROM stack_traces WHERE hash = ?", (stack_hash,)).fetchone()
     return [frame_label(f) for f in parse_frames(row[0] if row else None)][:STACK_FRAMES]
+
+
+def _samples(db: TraceDB, start: int, end: int) -> Samples | None:
+    """The on-CPU samples in [start, end) with their stacks' frames, or None when the trace has none."""
+    if not db.has("events", "stack_hash"):
+        return None
+    rows = db.load_arrays(("timestamp", "tid", "stack_hash"), "source = ? AND op = ? AND timestamp >= ? AND timestamp < ?", (*CPU_SAMPLE, start, end))
+    if not len(rows["tid"]):
+        return None
+    from whyprobe.analyze.stacks import parse_frames
+
+    frames: dict[int, list[dict]] = {}
+    if db.has("stack_traces", "frames"):
+        distinct = [h for h in np.unique(rows["stack_hash"]).tolist() if h]
+        for i in range(0, len(distinct), 500):
+            chunk = distinct[i : i + 500]
+            sql = f"SELECT hash, frames FROM stack_traces WHERE hash IN ({', '.join('?' * len(chunk))})"
+            frames.update((int(h), parse_frames(raw)) for h, raw in db.conn.execute(sql, chunk))
+    return Samples(rows["tid"], rows["timestamp"], rows["stack_hash"], lambda h: frames.get(h, []))
 
 
 _CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
@@ -170,6 +199,13 @@ def explain(
         )
     if dropped:
         doc["notes"].append(f"{dropped} events were dropped while tracing: evidence may be missing.")
+    payloads_lost, bare = _payload_drops(db)
+    doc["payload_drops"], doc["events_without_detail"] = int(payloads_lost), int(bare)
+    if payloads_lost:
+        doc["notes"].append(
+            f"{payloads_lost} payload records (paths, argv, addresses) were lost while tracing: {bare} events are stored"
+            " without their detail (detail NULL, flag F_DETAIL_LOST). No event is missing for it."
+        )
     if first is None or end <= start:
         return doc
     whole = (since_ns is None or since_ns <= first) and (until_ns is None or until_ns > (last or 0))
@@ -180,13 +216,14 @@ def explain(
     names = _names(db)
     names.learn(events)
     incomplete = _sched_complete(db)
-    ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)
+    ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored,
+                  samples=_samples(db, start, end))
     ctx.kernels = kernel_names(db)
     ctx.retransmits = _retransmits(db, start, end)
     gpu_loaded = events[cudaops.is_gpu_call(events)]
     firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)
-    doc["findings"] = engine.rank(engine.merge(findings), min_severity)
+    doc["findings"] = engine.rank(engine.mark_minor(engine.merge(findings), end - start), min_severity)
     return doc
 
 

@@ -9,6 +9,7 @@ from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.gaps import ThreadGaps, find_gaps
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
+from whyprobe.analyze.samples import Samples, hot_frames
 from whyprobe.events import F_FAULT_WAIT, Source, op_name
 from whyprobe.store.kernels import KERNEL_LAUNCH, hex_handle
 
@@ -27,8 +28,10 @@ class Context:
     """What finding assembly needs besides the attribution: names, labels, window."""
 
     def __init__(self, stacks, names: Names, op_names: dict, source_names: dict, window: tuple[int, int], degraded: bool,
-                 incomplete_sched: dict[int, tuple[int, int]], not_stored: dict[tuple[int, int, int], int]) -> None:
+                 incomplete_sched: dict[int, tuple[int, int]], not_stored: dict[tuple[int, int, int], int],
+                 samples: Samples | None = None) -> None:
         self.stacks, self.names, self.window, self.degraded = stacks, names, window, degraded
+        self.samples = samples  # on-CPU samples of the window; None when the trace has none
         self.op_names, self.source_names = op_names, source_names
         self.incomplete_sched, self.not_stored = incomplete_sched, not_stored
         # (pid, launch handle) -> demangled kernel name (analyze.kernels.kernel_names)
@@ -66,6 +69,21 @@ class Context:
             if lost:
                 out.append(f"{lost} CUDA calls of pid {pid} were counted but not stored by the recorder; gaps are measured between stored calls.")
         return out
+
+
+def _add_frames(f: dict, ctx: Context, start: np.ndarray, end: np.ndarray) -> None:
+    """Give the on_cpu cause the frames the thread ran in the finding's stretches (DESIGN `frames`)."""
+    on_cpu = next((c for c in f["causes"] if c["kind"] == "on_cpu"), None)
+    if on_cpu is None:
+        return
+    on_cpu["frames"] = []
+    if ctx.samples is None:
+        return
+    hot = hot_frames(ctx.samples, f["tid"], start, end)
+    on_cpu["samples"] = hot["samples"] if hot else 0
+    if hot:
+        on_cpu["frames"] = hot["frames"]
+        on_cpu["data_loading_share"] = hot["data_loading"]
 
 
 def _finish(f: dict, ctx: Context, gap: bool) -> dict:
@@ -132,7 +150,8 @@ def _add_stalls(causes: list[dict], tid: int, pid: int, starts: np.ndarray, ends
                             for v, t, ts in zip(hit["arg0"].tolist(), hit["tid"].tolist(), hit["timestamp"].tolist())]
 
 
-def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dict]:
+def tail_findings(groups: list[dict], att: Attributed, ctx: Context, spans: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """One finding per group; `spans` = (start, end) of every attributed slow call, for on-CPU frames."""
     out = []
     for g, meta in enumerate(groups):
         members = np.flatnonzero(att.group == g)
@@ -160,6 +179,8 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dic
             f["kernels"] = meta["kernels"]
             if len(meta["kernels"]) == 1:
                 f["kernel"] = meta["kernels"][0]["kernel"]
+        if spans is not None:
+            _add_frames(f, ctx, spans[0][members], spans[1][members])
         out.append(_finish(f, ctx, gap=False))
     return out
 
@@ -183,6 +204,7 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
         }
         _add_peers(f["causes"], g.tid, g.start, g.end, ctx)
         _add_stalls(f["causes"], g.tid, g.pid, g.start, g.end, ctx)
+        _add_frames(f, ctx, g.start, g.end)
         out.append(_finish(f, ctx, gap=True))
     return out
 
@@ -265,7 +287,8 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
         for g, meta in enumerate(groups):
             mine = slow_idx[slow_group == g]
             meta["windows"] = (calls["timestamp"][mine], calls["timestamp"][mine] + calls["duration"][mine])
-        findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx)
+        spans = (calls["timestamp"][slow_idx], calls["timestamp"][slow_idx] + calls["duration"][slow_idx])
+        findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx, spans)
 
     if op is None or op == GAP_OP:
         gpu_window = calls[cudaops.is_gpu_call(calls)]

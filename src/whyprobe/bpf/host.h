@@ -11,6 +11,7 @@
 #define HOST_OP_PROCESS_EXEC 5
 #define HOST_OP_PROCESS_EXIT 6
 #define HOST_OP_PROCESS_FORK 7
+#define HOST_OP_CPU_SAMPLE 16
 #define HOST_OP_DIRECT_RECLAIM 20 /* 10-12 are Ingero's pod_restart, pod_eviction, pod_oom_kill */
 #define HOST_OP_MEMCG_RECLAIM 21
 #define HOST_OP_COMPACTION 22

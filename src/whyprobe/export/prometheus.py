@@ -9,6 +9,7 @@ Metrics (private registry, nothing global):
   whyprobe_op_duration_seconds{source,op}   histogram of call / interval durations
   whyprobe_events_total{source,op}          events seen
   whyprobe_dropped_events_total{reason}     ring | queue | rate (totals from set_drops)
+  whyprobe_payloads_lost_total              payload records (paths, argv, bytes) lost; their events are kept
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class TraceMetrics:
         self._counts: dict[int, np.ndarray] = {}  # key (source << 32 | op) → per-bucket counts, not cumulative
         self._sums: dict[int, int] = {}  # key → total duration ns
         self._drops = dict.fromkeys(DROP_REASONS, 0)
+        self.payloads_lost = 0
         self._labels: dict[int, tuple[str, str]] = {}
         self.registry.register(_Collector(self))
 
@@ -66,9 +68,11 @@ class TraceMetrics:
                     self._sums[key] = int(sums[i])
                     self._labels[key] = _labels(key)
 
-    def set_drops(self, *, ring: int | None = None, queue: int | None = None, rate: int | None = None) -> None:
-        """Set the running totals of dropped events (cumulative counts, as the kernel and writer keep them)."""
+    def set_drops(self, *, ring: int | None = None, queue: int | None = None, rate: int | None = None, payload: int | None = None) -> None:
+        """Set the running totals of dropped events, and of lost payload records (cumulative counts, as the kernel and writer keep them)."""
         with self._lock:
+            if payload is not None:
+                self.payloads_lost = int(payload)
             for reason, value in (("ring", ring), ("queue", queue), ("rate", rate)):
                 if value is not None:
                     self._drops[reason] = int(value)
@@ -117,6 +121,9 @@ class _Collector:
         for reason in DROP_REASONS:
             dropped.add_metric([reason], drops[reason])
         yield dropped
+        lost = CounterMetricFamily("whyprobe_payloads_lost", "Payload records (paths, argv, addresses, MCP bytes) lost in the kernel; their events are kept.")
+        lost.add_metric([], self._metrics.payloads_lost)
+        yield lost
 
 
 def _labels(key: int) -> tuple[str, str]:

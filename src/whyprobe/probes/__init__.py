@@ -21,6 +21,7 @@ REGISTRY = {
     "mem": ("whyprobe.probes.host", "MemFamily"),
     "syscalls": ("whyprobe.probes.host", "SyscallsFamily"),
     "proc": ("whyprobe.probes.host", "ProcFamily"),
+    "profile": ("whyprobe.probes.profile", "ProfileFamily"),
     "stacks": ("whyprobe.probes.stacks", "StacksFamily"),
     "wire": ("whyprobe.probes.wire", "WireFamily"),
     "custom": ("whyprobe.probes.custom", "CustomFamily"),

@@ -20,13 +20,13 @@ framework library's symbol table takes seconds to parse).
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
-
 import numpy as np
 
 from whyprobe.demangle import demangle
 from whyprobe.events import PayloadKind, Source
-from whyprobe.probes.stacks import Mapping, read_maps, read_mem, symbolize_native
+from whyprobe.kernel.ring import PayloadBatch
+from whyprobe.probes.pyframes import Mapping, read_maps, read_mem
+from whyprobe.probes.stacks import symbolize_native
 
 RUNTIME_LAUNCH_OPS = (3, 13)  # cudaLaunchKernel, cudaLaunchKernelExC (arg0 = host stub or cudaKernel_t)
 GET_KERNEL_OP = 25  # cudaGetKernel / __cudaGetKernel: arg0 = host stub, arg1 = cudaKernel_t
@@ -52,10 +52,10 @@ class KernelNames:
         self._derived: dict[tuple[int, int], tuple[int, int]] = {}  # CUfunction -> CUkernel not named yet
         self._stub_of: dict[tuple[int, int], tuple[int, int]] = {}  # cudaKernel_t -> host stub
 
-    def on_payloads(self, payloads: Sequence[tuple[np.void, bytes]]) -> None:
-        for hdr, data in payloads:
-            if int(hdr["kind"]) == PayloadKind.SYMBOL:
-                self._symbols[(int(hdr["tid"]), int(hdr["ts_ns"]))] = bytes(data)
+    def on_payloads(self, payloads: PayloadBatch) -> None:
+        hdr = payloads.hdr
+        for i in np.flatnonzero(hdr["kind"] == PayloadKind.SYMBOL).tolist():
+            self._symbols[(int(hdr["tid"][i]), int(hdr["ts_ns"][i]))] = payloads.data(i)
         if len(self._symbols) > 65536:  # payloads whose events were dropped
             self._symbols.clear()
 

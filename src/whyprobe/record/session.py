@@ -11,15 +11,17 @@ thread. The UI only ever reads immutable snapshots.
 Hooks a probe family may define besides the ProbeFamily protocol:
   tick(pids) -> list[str]         periodic (~200 ms) work, e.g. attach new libraries
   flags() -> dict                 merged into sessions.flags at the end
-  on_payloads(list[(hdr, data)])  every drained payload record (MCP bytes, paths ...)
+  on_payloads(PayloadBatch)       every drained payload record (MCP bytes, paths ...); iterates as (hdr, data)
   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
+import select
 import shlex
 import threading
 import time
@@ -31,11 +33,11 @@ import numpy as np
 
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
-from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
-from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
+from whyprobe.record.details import DetailJoiner
 from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
+from whyprobe.events import EVENT_DTYPE, Source, op_name
 from whyprobe.store.writer import Writer, rows_from_records
 
 
@@ -46,10 +48,11 @@ TICK_S = 0.2
 SNAPSHOT_S = 0.25
 # In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
 CHECKPOINT_S = 5.0
+# Processes read from /proc per tick (their names come from the records; this adds command lines).
+PROC_READS_PER_TICK = 64
 # Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
 _BUCKETS_PER_OCTAVE = 8
 _NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
-_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR, PayloadKind.SYMBOL)
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TraceOptions:
     max_events_per_sec: int = 0
     max_db_mb: float = 0
     retention_hours: float = 0
+    # storage.precision_ms: stored timestamps are rounded down to this grain (0: ns as measured).
+    precision_ns: int = 0
     max_queue: int = 256
     poll_ms: int = 50
     # Extra columns for this session's row (probes, pid_filter, argv ...).
@@ -107,16 +112,25 @@ class TraceSummary:
     ops: tuple[OpStat, ...]
     warnings: tuple[str, ...]
     targets: tuple[int, ...]
+    # Payload records lost in the kernel, and stored events left without their detail for it.
+    payload_drops: int = 0
+    details_lost: int = 0
+    # Kernel losses by probe family and by CPU: {name: {"events": n, "payloads": n}}.
+    by_family: dict = field(default_factory=dict)
+    by_cpu: dict = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
+        """Events lost (payload losses are not: their events are stored)."""
         return self.ring_drops + self.rate_drops + self.queue_drops
 
     def to_json(self) -> dict:
         return {
             "out": self.path,
             "events": self.events,
-            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped},
+            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped,
+                        "by_family": self.by_family, "by_cpu": self.by_cpu},
+            "payloads_lost": {"records": self.payload_drops, "events_without_detail": self.details_lost},
             "duration_s": round(self.duration_s, 3),
             "targets": list(self.targets),
             "ops": {o.name: {"count": o.count, "p50_ns": o.p50_ns, "p99_ns": o.p99_ns, "errors": o.errors} for o in self.ops},
@@ -203,15 +217,15 @@ class TraceSession:
         self._clock_offset = 0
         self._seen_tids: set[int] = set()
         self._seen_pids: set[int] = set()
+        self._unread_pids: collections.deque[tuple[int, str, int]] = collections.deque()  # (pid, comm, seen_at)
         self._stack_hash: dict[int, int] = {}
-        self._detail_payloads: list = []
-        self._detail_mark = 0
+        self._details = DetailJoiner()
         self._records_seen = 0
         self._started = 0.0
-        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "queue": 0})
+        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "payload": 0, "queue": 0})
         self._prev_counts: dict[int, int] = {}
         self._last_snapshot = 0.0
-        self._drops = {"ring": 0, "rate": 0}
+        self._drops: dict = {"ring": 0, "rate": 0, "payload": 0}
         self._reader_error: BaseException | None = None
         self._snapshots = None
         self._last_checkpoint = 0.0
@@ -241,6 +255,11 @@ class TraceSession:
             self.probes.add_targets(self._pids)
             self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
             self._payloads = PayloadReader(self.probes.payloads_fd)
+            # Either ring's early wake-up (more than half full) ends the wait: paths can fill the
+            # payload ring while the event ring is still far from half full.
+            self._wake = select.epoll()
+            for fd in (self.probes.events_fd, self.probes.payloads_fd):
+                self._wake.register(fd, select.EPOLLIN)
         except BaseException:
             self._teardown_on_error()
             raise
@@ -279,12 +298,24 @@ class TraceSession:
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))
         self._drops = self.probes.drops()
+        self._read_process_facts()
         now = time.monotonic()
         if now - self._last_checkpoint >= CHECKPOINT_S:
             self._last_checkpoint = now
             for fam in self.families:
                 if hasattr(fam, "checkpoint"):
                     fam.checkpoint(self.writer)
+
+    def _read_process_facts(self) -> None:
+        """Command line, exe, parent and start of processes first seen since the last tick, from /proc,
+        a bounded number per tick: a storm of short-lived processes costs a few failed opens, not one per pid."""
+        rows = []
+        for _ in range(min(len(self._unread_pids), PROC_READS_PER_TICK)):
+            row = _process_row(*self._unread_pids.popleft())
+            if row[4] or row[5]:
+                rows.append(row)
+        if rows:
+            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), rows, replace=True)
 
     def stop(self) -> TraceSummary:
         """Detach (links first), drain what is left, let families flush, commit and close."""
@@ -307,11 +338,15 @@ class TraceSession:
                 flags.update(fam.flags())
         if self.warnings:
             flags["warnings"] = self.warnings
+        flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self._details.details_lost}
+        flags["payload_ring"] = {"records": self._payloads.records_read, "bytes": self._payloads.bytes_read}
         self.writer.update_session(
-            ring_drops=drops["ring"], rate_drops=drops["rate"], events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags
+            ring_drops=drops["ring"], rate_drops=drops["rate"], payload_drops=drops["payload"],
+            events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags,
         )
         self._ring.close()
         self._payloads.close()
+        self._wake.close()
         self.probes.close()
         self.writer.close()
         elapsed = time.monotonic() - self._started
@@ -325,6 +360,10 @@ class TraceSession:
             ops=self.stats.ops({}, 0),
             warnings=tuple(self.warnings),
             targets=tuple(sorted(self._pids)),
+            payload_drops=drops["payload"],
+            details_lost=self._details.details_lost,
+            by_family=drops["by_family"],
+            by_cpu=drops["by_cpu"],
         )
         if self._reader_error is not None:
             raise self._reader_error
@@ -366,21 +405,27 @@ class TraceSession:
             self._reader_error = exc
 
     def _drain_once(self, timeout_ms: int) -> int:
-        records = self._ring.poll(timeout_ms)
-        payloads = self._payloads.poll(0)
-        if payloads:
+        # Events first, then payloads: a payload is submitted before its event.
+        records, payloads = self._ring.drain(), self._payloads.drain()
+        if not len(records) and not len(payloads) and timeout_ms > 0:
+            self._wake.poll(timeout_ms / 1000.0)
+            records, payloads = self._ring.drain(), self._payloads.drain()
+        if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
+            self._details.idle()
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
+        if self.options.precision_ns:
+            rows["timestamp"] -= rows["timestamp"] % self.options.precision_ns
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
-        details = self._details(records)
-        self._names(records)
+        details = self._details.join(records, rows)
         self.stats.add(records)
         for fam in self.families:
             fam.on_batch(records)
+        self._names(records)
         for fam in self.families:
             if hasattr(fam, "on_rows"):
                 fam.on_rows(rows)
@@ -391,27 +436,11 @@ class TraceSession:
         self.writer.put_events(rows, details)
         return len(records)
 
-    def _take_payloads(self, payloads: list) -> None:
+    def _take_payloads(self, payloads: PayloadBatch) -> None:
         for fam in self.families:
             if hasattr(fam, "on_payloads"):
                 fam.on_payloads(payloads)
-        self._detail_payloads += [(h, d) for h, d in payloads if int(h["kind"]) in _DETAIL_KINDS]
-
-    def _details(self, records: np.ndarray) -> list[str | None] | None:
-        """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
-
-        Producers submit a payload before its event, so it was drained in this
-        round or the one before (if it landed between our two ring reads); older
-        unmatched payloads belong to dropped events and are let go.
-        """
-        if not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
-            self._detail_payloads = self._detail_payloads[self._detail_mark :]
-            self._detail_mark = len(self._detail_payloads)
-            return None
-        details = describe(records, self._detail_payloads)
-        self._detail_payloads = self._detail_payloads[self._detail_mark :]
-        self._detail_mark = len(self._detail_payloads)
-        return details if any(d is not None for d in details) else None
+        self._details.take(payloads)
 
     def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
         ids = records["stack_id"]
@@ -445,6 +474,7 @@ class TraceSession:
             return
         now = time.time_ns()
         threads, procs = [], []
+        described = next((f.processes for f in self.families if f.name == "proc" and hasattr(f, "processes")), {})
         for i in new:
             tid, pid = int(records["tid"][i]), int(records["pid"][i])
             comm = records["comm"][i].split(b"\0")[0].decode(errors="replace") or _thread_comm(pid, tid)
@@ -452,14 +482,21 @@ class TraceSession:
             threads.append((tid, pid, comm, now))
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                procs.append(_process_row(pid, comm, now))
+                known = described.get(pid)
+                # Named from the kernel's records (the proc family's for what forked or exec'd); /proc
+                # only fills in the command line of those still alive, later, off this thread (tick).
+                if known is None:
+                    procs.append((pid, comm, now, 0, "", "", 0))
+                    self._unread_pids.append((pid, comm, now))
+                else:
+                    procs.append((pid, known["name"] or comm, now, known["ppid"], known["cmdline"], known["exe"], known["started_at"]))
         self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
         if procs:
             self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
 
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
-        drops = dict(self._drops, queue=self.writer.queue_drops)
+        drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self._details.details_lost)
         ops = self.stats.ops(self._prev_counts, interval)
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now

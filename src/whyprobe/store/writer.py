@@ -35,6 +35,7 @@ import numpy as np
 
 from whyprobe import __version__
 from whyprobe.errors import StoreError
+from whyprobe.events import Details
 from whyprobe.store import fastsql, schema
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ class Writer:
 
     # ---- producer side (any thread) -------------------------------------------------
 
-    def put_events(self, rows: np.ndarray, details: Sequence[str | None] | None = None) -> bool:
+    def put_events(self, rows: np.ndarray, details: Details | Sequence[str | None] | None = None) -> bool:
         """Queue a batch of ROW_DTYPE rows without ever blocking.
 
         The writer keeps a reference to `rows` (no copy): don't reuse the buffer.
@@ -461,10 +462,13 @@ class Writer:
                     if not fastsql.insert_i64(conn, self._insert_event, matrix):
                         conn.executemany(self._insert_event, matrix.tolist())
                 else:
-                    values = matrix.tolist()
-                    for v, d in zip(values, details):
-                        v.append(d)
-                    conn.executemany(self._insert_event_detail, values)
+                    if not isinstance(details, Details):
+                        details = Details.from_strings(list(details))
+                    if not fastsql.insert_i64_text(conn, self._insert_event_detail, matrix, details.text, details.offsets, details.lengths):
+                        values = matrix.tolist()
+                        for v, d in zip(values, details.tolist()):
+                            v.append(d)
+                        conn.executemany(self._insert_event_detail, values)
                 conn.executemany(AGGREGATE_UPSERT, aggregate_rows(rows))
                 newest = int(rows["timestamp"].max())
                 self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
