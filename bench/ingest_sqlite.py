@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.events import EVENT_DTYPE
-from whyprobe.store.writer import Writer, clock_offset_ns, rows_from_records
+from whyprobe.clock import measure_offset_ns as clock_offset_ns
+from whyprobe.store.writer import Writer, rows_from_records
 
 TARGET = 300_000
 

@@ -22,15 +22,16 @@ from whyprobe.events import Source
 from whyprobe.server import tools as T
 from whyprobe.server.security import SecuritySettings
 from whyprobe.store import fastsql, schema
-from whyprobe.store.reader import EVENT_COLUMNS, EventColumns, open_trace
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.reader import EventColumns, open_trace
 
 needs_helper = pytest.mark.skipif(fastsql._lib is None, reason="C helper not built (make builds it)")
 
 
 def _records(n: int = 50) -> np.ndarray:
     rng = np.random.default_rng(3)
-    rec = np.zeros(n, EVENT_COLUMNS)
-    for name in EVENT_COLUMNS.names:
+    rec = np.zeros(n, EVENT_ROW_DTYPE)
+    for name in EVENT_ROW_DTYPE.names:
         rec[name] = rng.integers(-5, 1000, n)
     return rec
 

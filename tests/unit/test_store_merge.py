@@ -9,7 +9,8 @@ import pytest
 
 from whyprobe.errors import StoreError
 from whyprobe.store.merge import merge_traces
-from whyprobe.store.writer import ROW_DTYPE, Writer
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.writer import Writer
 
 NODES = ("sample-gpu-node-01.db", "sample-gpu-node-02.db", "sample-gpu-node-03.db")
 
@@ -78,7 +79,7 @@ def test_whyprobe_inputs_use_session_node_and_skew(tmp_path):
     # GIVEN two whyprobe traces whose sessions say node and clock skew
     paths = []
     for i, skew in enumerate((0, 2_000)):
-        rows = np.zeros(5, ROW_DTYPE)
+        rows = np.zeros(5, EVENT_ROW_DTYPE)
         rows["timestamp"] = 10**18 + np.arange(5) * 10
         rows["source"], rows["op"], rows["pid"], rows["tid"] = 1, 3, 100, 100
         path = tmp_path / f"host{i}.db"

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from whyprobe import clock
 from whyprobe.kernel.libbpf import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
@@ -41,7 +42,10 @@ class ProbeSet:
         capture_stacks: bool = False,
         events_ring_bytes: int = 1 << 24,
         payloads_ring_bytes: int = 1 << 22,
+        clock_offset_ns: int | None = None,
     ) -> None:
+        # What every family adds to the ring's monotonic timestamps: one value per trace.
+        self.clock_offset_ns = clock.measure_offset_ns() if clock_offset_ns is None else clock_offset_ns
         page = os.sysconf("SC_PAGE_SIZE")
         self.events_ring_bytes = _pow2_at_least(events_ring_bytes, page)
         self.payloads_ring_bytes = _pow2_at_least(payloads_ring_bytes, page)

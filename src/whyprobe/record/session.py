@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from whyprobe import clock
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader, RingReader
@@ -220,14 +221,13 @@ class TraceSession:
 
     def start(self) -> list[str]:
         """Open the database, load and attach every family, enroll targets, start draining."""
-        from whyprobe.store.writer import clock_offset_ns
-
         opts = self.options
+        self._clock_offset = clock.measure_offset_ns()
         session = dict(opts.session_fields)
+        session["clock_offset_ns"] = self._clock_offset
         session.setdefault("probes", ",".join(f.name for f in self.families))
         session.setdefault("pid_filter", "all" if self.targets.trace_all else ",".join(map(str, sorted(self._pids))))
         self.writer = Writer(self.out, session=session, max_queue=opts.max_queue, max_db_mb=opts.max_db_mb, retention_hours=opts.retention_hours)
-        self._clock_offset = clock_offset_ns()
         try:
             self.probes = ProbeSet(
                 trace_all=self.targets.trace_all or opts.trace_all,
@@ -235,6 +235,7 @@ class TraceSession:
                 capture_stacks=opts.capture_stacks,
                 events_ring_bytes=opts.ring_bytes,
                 payloads_ring_bytes=opts.payload_ring_bytes,
+                clock_offset_ns=self._clock_offset,
             )
             for fam in self.families:
                 self.warnings += fam.attach(self.probes, self.targets)

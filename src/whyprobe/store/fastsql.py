@@ -26,7 +26,8 @@ _SO = Path(__file__).with_name("_fastsql.so")
 # Multi-row INSERTs cut SQLite's per-row CPU by ~1/3; a statement stays under SQLite's parameter limit.
 ROWS_PER_STATEMENT = 64
 _MAX_PARAMS = 32766
-_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\([^()]*\))\s*$", re.IGNORECASE | re.DOTALL)
+# One VALUES tuple; its items may call a function (one level of parentheses, e.g. NULLIF(?, 0)).
+_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\((?:[^()]|\([^()]*\))*\))\s*$", re.IGNORECASE | re.DOTALL)
 
 
 def _load():
