@@ -11,11 +11,12 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from testkit import wait_for_ready
 
 from whyprobe.commands import main
 from whyprobe.demo import scenarios
@@ -114,10 +115,7 @@ def test_ctrl_c_ends_a_live_demo_cleanly_and_still_explains(bpf_required, tmp_pa
     # WHEN it is interrupted once its trace is recording
     assert proc.stdout.readline().startswith("whyprobe demo clean: ")
     assert proc.stdout.readline().startswith("Tracing train_loop ")
-    deadline = time.monotonic() + 30
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)
+    wait_for_ready(proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     # THEN it exits 0 with the trace written and explained, and leaves no workload behind

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from spy_peers import CLIENT, SERVER, jsonl
+from testkit import wait_for_ready
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 
@@ -22,8 +22,7 @@ def test_an_unnamed_stdio_pair_is_detected_and_captured(tmp_path: Path) -> None:
         [sys.executable, "-m", "whyprobe", "spy", "--quiet", "--json", "--duration", "10s", "--jsonl", str(tmp_path / "s.jsonl")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(4)  # probes loaded and attached
-    assert spy.poll() is None, spy.stderr.read()
+    wait_for_ready(spy)
     # WHEN an SDK client and its stdio server, started outside whyprobe, make 20 tool calls
     ref_path = tmp_path / "ref.json"
     subprocess.run([*CLIENT, str(ref_path), "stdio", str(CALLS), "10", "--", *SERVER], check=True, timeout=60)

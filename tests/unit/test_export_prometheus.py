@@ -8,16 +8,11 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import free_port
 
 from whyprobe.errors import CommandError
 from whyprobe.export.prometheus import BUCKET_BOUNDS_NS, TraceMetrics
 from whyprobe.events import EVENT_DTYPE, Source
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _records(rows: list[tuple[int, int, int]]) -> np.ndarray:
@@ -41,7 +36,7 @@ def test_histograms_counters_and_drops_over_http() -> None:
     metrics.observe(_records([(Source.CUDA, 3, d) for d in launches[3:]] + [(Source.HOST, 1, 30_000)] * 3))
     metrics.set_drops(ring=7, queue=2)
     metrics.set_drops(rate=1)
-    port = _free_port()
+    port = free_port()
     stop = metrics.serve(f":{port}")
     try:
         families = _scrape(port)

@@ -36,7 +36,8 @@ STACK_FRAMES = 8
 # ---------------------------------------------------------------- reading the database
 
 
-def _names(db: TraceDB) -> Names:
+def trace_names(db: TraceDB) -> Names:
+    """Thread and process names as the trace stored them."""
     names = Names()
     if db.has("thread_names"):
         names.threads = {int(t): (int(p), str(c)) for t, p, c in db.conn.execute("SELECT tid, pid, comm FROM thread_names")}
@@ -164,7 +165,7 @@ def explain(
     events = _load(db, start, end, whole, degraded)
     if degraded:
         doc["notes"].append(INGERO_NOTE)
-    names = _names(db)
+    names = trace_names(db)
     names.learn(events)
     incomplete = _sched_complete(db)
     ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)

@@ -122,8 +122,19 @@ class LiveExplainer:
         window = (self._first_ts or 0, self._newest + 1)
         return Context(None, self.names, self.op_names, {}, window, self.degraded, {}, {})
 
-    def _attribute_settled(self) -> None:
-        cutoff = self._newest - self.settle_ns
+    def finish(self, names: Names | None = None) -> None:
+        """Attribute every slow call and gap still waiting to settle: the trace is over, no
+        more evidence will come (what `findings()` then says is what `explain` says).
+
+        `names`: the thread and process names the trace stored (threads that were never
+        targets, such as a preemptor, are named only there)."""
+        if names is not None:
+            self.names.threads.update(names.threads)
+            self.names.procs.update(names.procs)
+        self._attribute_settled(final=True)
+
+    def _attribute_settled(self, final: bool = False) -> None:
+        cutoff = self._newest + 1 if final else self._newest - self.settle_ns
         calls = self._pending_calls
         ready = (calls["timestamp"] + calls["duration"]) <= cutoff
         gaps_ready = [g for g in self._pending_gaps if g[3] <= cutoff]
