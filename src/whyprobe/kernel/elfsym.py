@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from typing import Iterable
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from whyprobe.errors import WhyprobeError
@@ -47,7 +48,7 @@ def _function_offsets(path: str, mtime_ns: int) -> dict[str, int]:
             return out
     except (OSError, ValueError) as exc:
         raise WhyprobeError(f"Cannot read symbols of {path}: {exc}") from None
-    except Exception as exc:  # pyelftools raises its own ELFError family on bad files
+    except ELFError as exc:
         raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from whyprobe import clock
+from whyprobe.errors import KernelError
 from whyprobe.kernel.libbpf import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
@@ -98,7 +99,7 @@ class ProbeSet:
 
     def _fd(self, name: str) -> int:
         if name not in self._shared:
-            raise RuntimeError(f"no loaded object defines the shared map {name!r}")
+            raise KernelError(f"no loaded BPF object defines the shared map {name!r}: load a probe family before using it")
         return self._shared[name]
 
     @property
@@ -133,7 +134,7 @@ class ProbeSet:
     def _pid_index(self, pid: int) -> int:
         pid = int(pid)
         if not 0 < pid < len(self._pidset):
-            raise ValueError(f"pid {pid} is outside 1..{len(self._pidset) - 1}")
+            raise KernelError(f"pid {pid} cannot be traced: the kernel's pid table holds 1..{len(self._pidset) - 1} (pid_max)")
         return pid
 
     def drops(self) -> dict[str, int]:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from whyprobe import clock
+from whyprobe.errors import WhyprobeError
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadReader, RingReader
@@ -275,7 +276,7 @@ class TraceSession:
             if hasattr(fam, "tick"):
                 try:
                     self.warnings += fam.tick(pids)
-                except Exception as exc:  # a family's housekeeping must not end the trace
+                except (OSError, WhyprobeError) as exc:  # a family's housekeeping (/proc, maps, attach) must not end the trace
                     log.warning("%s tick failed: %s", fam.name, exc)
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))

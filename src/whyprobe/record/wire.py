@@ -217,7 +217,7 @@ class WireRecorder:
         for m in msgs:
             try:
                 self.on_message(m)
-            except Exception as exc:  # a broken console must not stop the capture
+            except OSError as exc:  # a broken console (closed pipe) must not stop the capture
                 log.warning("message observer failed: %s", exc)
 
     def _settle(self, before: float, writer: object = None) -> None:

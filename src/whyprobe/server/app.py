@@ -75,7 +75,7 @@ class Guard:
         start = time.perf_counter_ns()
         try:
             result = await call_next(ctx)
-        except Exception as exc:
+        except Exception as exc:  # every failure is audited, then re-raised as it was
             self._audit(label, what, args, 0, time.perf_counter_ns() - start, False, f"error: {exc}")
             raise
         finally:

@@ -122,7 +122,7 @@ def select_i64(conn: sqlite3.Connection, sql: str, params: Sequence[int], ncols:
     err = ct.create_string_buffer(256)
     rc = _lib.wp_select_i64(db, sql.encode(), prm, len(params), ncols, ct.byref(out), ct.byref(n), err, len(err))
     if rc:
-        raise sqlite3.OperationalError(err.value.decode(errors="replace"))
+        raise StoreError(f"Cannot read the trace: {err.value.decode(errors='replace')} (SQLite error {rc}; is the file intact? try `sqlite3 FILE 'PRAGMA integrity_check'`)")
     if n.value == 0 or copy:
         try:
             return np.ctypeslib.as_array(out, shape=(n.value, ncols)).copy() if n.value else np.zeros((0, ncols), np.int64)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import psutil
 
 from whyprobe import __version__, clock
 from whyprobe.errors import StoreError
@@ -159,10 +160,8 @@ def _cpu_model() -> str:
 
 def _mem_total_mib() -> int:
     try:
-        import psutil
-
         return int(psutil.virtual_memory().total // 2**20)
-    except Exception:  # psutil missing or /proc unreadable: the fact is optional
+    except OSError:  # /proc/meminfo unreadable (a sandbox): the fact is optional
         return 0
 
 
@@ -405,7 +404,9 @@ class Writer:
             try:
                 self._commit(batch)
                 self._retain()
-            except Exception as exc:  # disk full, I/O error: keep the reason for flush/close
+            # Any failure (disk full, I/O error, or a bug) must reach flush/close through _error:
+            # this thread ending silently would leave producers waiting forever.
+            except Exception as exc:
                 log.error("writer failed on %s: %s", self.path, exc)
                 self._error = exc
                 if self._conn.in_transaction:
