@@ -132,6 +132,19 @@ class TraceDB:
         self.close()
 
 
+def trace_over(path: str | os.PathLike, conn: sqlite3.Connection) -> TraceDB:
+    """A TraceDB over a connection someone else opened and filters (the MCP server's, whose
+    temp views stand in for filtered tables): its tables, temp views included, and columns."""
+    tables = frozenset(
+        r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table','view') UNION SELECT name FROM temp.sqlite_master WHERE type = 'view'"
+        )
+    )
+    columns = {t: frozenset(r[1] for r in conn.execute(f"PRAGMA table_info('{t}')")) for t in tables if t != "audit_log"}
+    row = conn.execute("SELECT value FROM schema_info WHERE key = 'producer'").fetchone() if "schema_info" in tables else None
+    return TraceDB(Path(path), conn, "whyprobe" if row and row[0] == "whyprobe" else "ingero", tables, columns)
+
+
 def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
     """A read-only connection; one clear StoreError for a missing or non-SQLite file."""
     p = Path(path)
