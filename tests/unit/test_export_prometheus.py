@@ -12,7 +12,7 @@ from testkit import free_port
 
 from whyprobe.errors import CommandError
 from whyprobe.export.prometheus import BUCKET_BOUNDS_NS, TraceMetrics
-from whyprobe.events import EVENT_DTYPE, Source
+from whyprobe.events import EVENT_DTYPE, EVENT_ROW_DTYPE, Source
 
 
 def _records(rows: list[tuple[int, int, int]]) -> np.ndarray:
@@ -65,17 +65,16 @@ def test_histograms_counters_and_drops_over_http() -> None:
     assert drops == {"ring": 7, "queue": 2, "rate": 1}
 
 
-def test_observe_accepts_store_rows_with_a_duration_field() -> None:
-    rows = np.zeros(2, dtype=[("source", "<i8"), ("op", "<i8"), ("duration", "<i8")])
-    rows["source"], rows["op"], rows["duration"] = Source.DRIVER, 1, [10, 3_000]
+def test_observe_accepts_stored_event_rows() -> None:
+    rows = np.zeros(2, EVENT_ROW_DTYPE)
+    rows["source"], rows["op"], rows["duration"], rows["ret_code"] = Source.DRIVER, 1, [10, 3_000], [0, 700]
     metrics = TraceMetrics()
     metrics.observe(rows)
     metrics.observe(rows[:0])
-    counts, sums, drops, labels = metrics.snapshot()
-    key = (int(Source.DRIVER) << 32) | 1
-    assert labels[key] == ("driver", "cuLaunchKernel")
-    assert counts[key][:4].tolist() == [1, 0, 1, 0]  # bounds 1, 2, 5, 10 µs: 10 ns ≤ 1µs; 3 µs ≤ 5µs
-    assert sums[key] == 3_010
+    ops, drops = metrics.snapshot()
+    counts, total_ns, errors = ops[(int(Source.DRIVER), 1)]
+    assert counts[:4].tolist() == [1, 0, 1, 0]  # bounds 1, 2, 5, 10 µs: 10 ns ≤ 1µs; 3 µs ≤ 5µs
+    assert (total_ns, errors) == (3_010, 1)
     assert drops == {"ring": 0, "queue": 0, "rate": 0}
 
 

@@ -94,7 +94,7 @@ def test_errors_per_source_semantics(tmp_path):
     launch = stats[("CUDA", "cudaLaunchKernel")]
     assert (launch["count"], launch["errors"], launch["error_codes"]) == (4, 3, {2: 2, 700: 1})
     assert (launch["p50_ns"], launch["mean_ns"], launch["total_ns"], launch["max_ns"]) == (25, 25, 100, 40)
-    read = stats[("SYSCALL", "8:0")]
+    read = stats[("SYSCALL", "read")]  # named from the syscall table when the trace stores no name
     assert (read["errors"], read["error_codes"]) == (2, {-11: 2})
     switch = stats[("HOST", "sched_switch")]
     assert (switch["errors"], switch["error_codes"]) == (0, {})

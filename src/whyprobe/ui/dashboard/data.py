@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from whyprobe.analyze.stats import summarize, trace_labels
 from whyprobe.errors import WhyprobeError
 from whyprobe.events import Source, op_name
 from whyprobe.store.reader import TraceDB
@@ -204,31 +205,23 @@ def timeline(db: TraceDB, start_ns: int | None = None, end_ns: int | None = None
 
 
 def histograms(db: TraceDB) -> dict[str, Any]:
-    """Per-op log2 latency histograms: bucket k counts durations in [2**k, 2**(k+1)) ns (k=0 also holds 0)."""
-    rows = db.conn.execute("SELECT source, op, COALESCE(duration, 0) FROM events").fetchall()
-    db_ops = db.op_names()
+    """Per-op statistics (analyze/stats.py, as `stats` reports them) with log2 latency histograms:
+    bucket k counts durations in [2**k, 2**(k+1)) ns (k=0 also holds 0)."""
+    cols = db.load_arrays(("source", "op", "duration", "ret_code"))
+    source, op, duration = cols["source"], cols["op"], cols["duration"]
     out = []
-    if rows:
-        data = np.array(rows, dtype=np.int64)
-        for s, o in np.unique(data[:, :2], axis=0).tolist():
-            dur = np.sort(data[(data[:, 0] == s) & (data[:, 1] == o), 2])
-            k = np.floor(np.log2(np.maximum(dur, 1))).astype(np.int64)
-            lo, hi = int(k.min()), int(k.max())
-            counts = np.bincount(k - lo, minlength=hi - lo + 1)
-            out.append(
-                {
-                    "source": int(s),
-                    "op": int(o),
-                    "name": _op_label(db_ops, int(s), int(o)),
-                    "lane": lane_of(int(s), int(o)),
-                    "count": int(len(dur)),
-                    "p50_ns": int(np.percentile(dur, 50)),
-                    "p99_ns": int(np.percentile(dur, 99)),
-                    "max_ns": int(dur[-1]),
-                    "total_ns": int(dur.sum()),
-                    "buckets": [{"lo_ns": 1 << (lo + j), "hi_ns": 1 << (lo + j + 1), "count": int(c)} for j, c in enumerate(counts.tolist())],
-                }
-            )
+    for st in summarize(source, op, duration, cols["ret_code"], trace_labels(db)):
+        s, o = st["source_id"], st["op_id"]
+        k = np.floor(np.log2(np.maximum(duration[(source == s) & (op == o)], 1))).astype(np.int64)
+        lo, hi = int(k.min()), int(k.max())
+        counts = np.bincount(k - lo, minlength=hi - lo + 1)
+        out.append(
+            {
+                "source": s, "op": o, "name": st["op"], "lane": lane_of(s, o),
+                **{key: st[key] for key in ("count", "p50_ns", "p99_ns", "max_ns", "total_ns", "errors")},
+                "buckets": [{"lo_ns": 1 << (lo + j), "hi_ns": 1 << (lo + j + 1), "count": int(c)} for j, c in enumerate(counts.tolist())],
+            }
+        )
     out.sort(key=lambda h: (LANES.index(h["lane"]), -h["total_ns"]))
     return {"histograms": out}
 
