@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from whyprobe.analyze.explain import explain
 from whyprobe.analyze.stats import summarize, trace_labels
 from whyprobe.errors import WhyprobeError
 from whyprobe.events import Source, op_name
@@ -226,49 +227,19 @@ def histograms(db: TraceDB) -> dict[str, Any]:
     return {"histograms": out}
 
 
-def _stored_findings(db: TraceDB) -> list[dict[str, Any]]:
-    """The latest row of each finding in the `findings` table, as explain --json shaped dicts."""
-    rows = db.conn.execute(
-        "SELECT kind, severity, op, tid, lost_ns, summary, body FROM findings f"
-        " WHERE created_at = (SELECT MAX(created_at) FROM findings g WHERE g.finding_key = f.finding_key)"
-        " ORDER BY lost_ns DESC, id"
-    ).fetchall()
-    out = []
-    for kind, severity, op, tid, lost_ns, text, body in rows:
-        try:
-            finding = json.loads(body)
-        except ValueError:
-            finding = {}
-        if not isinstance(finding, dict):
-            finding = {}
-        for key, value in (("kind", kind), ("severity", severity), ("op", op), ("tid", tid), ("lost_ns", lost_ns), ("summary", text)):
-            finding.setdefault(key, value)
-        out.append(finding)
-    return out
-
-
 def findings(db: TraceDB) -> dict[str, Any]:
-    """explain(db) when the analysis engine is importable, else the stored `findings` rows."""
+    """What `explain` finds in the trace (the same document as `explain --json`)."""
     try:
-        from whyprobe.analyze.explain import explain
-    except ImportError:
-        explain = None
-    if explain is not None:
-        try:
-            report = explain(db, min_severity="low")
-        except WhyprobeError as exc:
-            return {"source": "none", "findings": [], "note": f"explain failed: {exc}"}
-        return {
-            "source": "explain",
-            "findings": list(report.get("findings", [])),
-            "complete": report.get("complete", True),
-            "dropped_events": report.get("dropped_events", 0),
-            "note": "" if report.get("findings") else "explain found no latency tails or GPU gaps in this trace",
-        }
-    if db.has("findings"):
-        stored = _stored_findings(db)
-        return {"source": "stored", "findings": stored, "note": "stored findings from an earlier explain run (the analysis engine is not available)"}
-    return {"source": "none", "findings": [], "note": "no findings: the analysis engine is not available and the database stores none"}
+        report = explain(db, min_severity="low")
+    except WhyprobeError as exc:
+        return {"source": "none", "findings": [], "note": f"explain failed: {exc}"}
+    return {
+        "source": "explain",
+        "findings": list(report.get("findings", [])),
+        "complete": report.get("complete", True),
+        "dropped_events": report.get("dropped_events", 0),
+        "note": "" if report.get("findings") else "explain found no latency tails or GPU gaps in this trace",
+    }
 
 
 def _json_list(text: Any) -> list:
