@@ -102,9 +102,10 @@ def record(
             stop = threading.Event()
             try:
                 workload.release(proc)
-                announce_ready()
-                with _stop_on_interrupt(stop), LiveView(session.snapshot, str(out), console):
-                    session.run(lambda: proc.poll() is not None or time.monotonic() > deadline, stop)
+                with _stop_on_interrupt(stop):
+                    announce_ready()  # once Ctrl-C ends the run cleanly
+                    with LiveView(session.snapshot, str(out), console):
+                        session.run(lambda: proc.poll() is not None or time.monotonic() > deadline, stop)
                 if not console.is_terminal:  # rich leaves the last frame of a non-terminal Live unterminated
                     console.line()
             finally:
