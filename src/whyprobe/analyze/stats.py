@@ -193,33 +193,45 @@ class OpAccumulator:
         source, op, ret = np.asarray(source, np.int64), np.asarray(op, np.int64), np.asarray(ret, np.int64)
         duration = np.asarray(duration)
         duration = duration.view(np.int64) if duration.dtype == np.uint64 else duration.astype(np.int64, copy=False)
+        # One sort by (source, op); every per-op figure is then a reduction over a slice.
         key = (source << 32) | (op & 0xFFFFFFFF)
-        uniq, group = np.unique(key, return_inverse=True)
-        bad = failed(source, ret)
+        order = np.argsort(key, kind="stable")
+        key, duration, ret, source = key[order], duration[order], ret[order], source[order]
+        starts = np.concatenate(([0], np.flatnonzero(key[1:] != key[:-1]) + 1))
+        ends = np.append(starts[1:], len(key))
+        sums = np.add.reduceat(duration, starts).tolist()
+        maxs = np.maximum.reduceat(duration, starts).tolist()
         log_bucket = np.minimum((np.log2(np.maximum(duration, 1).astype(np.float64)) * BUCKETS_PER_OCTAVE).astype(np.int64), _NBUCKETS - 1)
-        le_bucket = np.searchsorted(self.bounds, duration, side="left") if len(self.bounds) else None
+        group = np.repeat(np.arange(len(starts)), ends - starts)
+        hist = np.bincount(group * _NBUCKETS + log_bucket, minlength=len(starts) * _NBUCKETS).reshape(len(starts), _NBUCKETS)
+        if len(self.bounds):
+            nb = len(self.bounds) + 1
+            le_bucket = np.searchsorted(self.bounds, duration, side="left")
+            bounded = np.bincount(group * nb + le_bucket, minlength=len(starts) * nb).reshape(len(starts), nb)
+        bad = np.flatnonzero(failed(source, ret))
         self._kept += len(duration)
         if self.exact and self._kept > self.exact_cap:
             self.exact = False  # from here on the log buckets answer
             for st in self.ops.values():
                 st.exact = []
-        for i, k in enumerate(uniq.tolist()):
-            sel = group == i
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            k = int(key[start])
             st = self.ops.get((k >> 32, k & 0xFFFFFFFF))
             if st is None:
                 st = self.ops[(k >> 32, k & 0xFFFFFFFF)] = _Op(len(self.bounds) + 1 if len(self.bounds) else 0)
-            d = duration[sel]
-            st.count += len(d)
-            st.total += int(d.sum())
-            st.max = max(st.max, int(d.max()))
-            st.hist += np.bincount(log_bucket[sel], minlength=_NBUCKETS)
-            if le_bucket is not None:
-                st.bounded += np.bincount(le_bucket[sel], minlength=len(st.bounded))
-            codes, n = np.unique(ret[sel][bad[sel]], return_counts=True)
-            for c, m in zip(codes.tolist(), n.tolist()):
-                st.codes[c] = st.codes.get(c, 0) + m
+            st.count += end - start
+            st.total += sums[i]
+            st.max = max(st.max, maxs[i])
+            st.hist += hist[i]
+            if len(self.bounds):
+                st.bounded += bounded[i]
             if self.exact:
-                st.exact.append(d.copy())
+                st.exact.append(duration[start:end])
+        if len(bad):
+            for (i, code), n in zip(*np.unique(np.stack((group[bad], ret[bad]), axis=1), axis=0, return_counts=True)):
+                k = int(key[starts[i]])
+                codes = self.ops[(k >> 32, k & 0xFFFFFFFF)].codes
+                codes[int(code)] = codes.get(int(code), 0) + int(n)
 
     def counts(self) -> dict[tuple[int, int], int]:
         return {k: st.count for k, st in self.ops.items()}
