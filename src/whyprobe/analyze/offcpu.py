@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whyprobe.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source, op_by_name
 
-SCHED_SWITCH = (int(Source.HOST), 1)
+SCHED_SWITCH = (int(Source.HOST), op_by_name("sched_switch").op)
 
 # state values
 BLOCKED, PREEMPTED, UNKNOWN_STATE = 0, 1, 2

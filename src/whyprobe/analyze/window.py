@@ -10,10 +10,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store.reader import TraceDB
 
-SCHED_SWITCH = (int(Source.HOST), 1)
 GPU_CALL_SOURCES = (int(Source.CUDA), int(Source.DRIVER))
 
 

@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from whyprobe.events import F_PREEMPTED
 from whyprobe.server import tools as T
 from whyprobe.server.security import AuditLog, RateLimiter, fence
 
@@ -283,7 +284,7 @@ def _register_prompt_and_resources(mcp: MCPServer, state: T.ServerState) -> None
 
 
 TABLE_MEANINGS = {
-    "events": "one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & 4 = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
+    "events": f"one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & {F_PREEMPTED} = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
     "host_events": "events joined with names: comm, source, op, syscall",
     "sources": "source id → name", "ops": "(source_id, op_id) → op name and meaning of args",
     "stack_traces": "hash → frames JSON [{s: symbol, f: file, l: line}] innermost first",

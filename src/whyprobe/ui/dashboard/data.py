@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from whyprobe.analyze.explain import explain
+from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.analyze.stats import summarize, trace_labels
 from whyprobe.errors import WhyprobeError
 from whyprobe.events import Source, op_name
@@ -23,7 +24,6 @@ from whyprobe.store.reader import TraceDB
 LANES = ("cuda", "offcpu", "io", "other")
 _CUDA_SOURCES = (int(Source.CUDA), int(Source.DRIVER))
 _IO_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
-_SCHED_SWITCH = (int(Source.HOST), 1)
 
 MAX_THREADS = 48
 MAX_TIMELINE_LIMIT = 20_000
@@ -36,7 +36,7 @@ MAX_LISTED = 200  # processes / threads in the summary; the totals stay exact
 def lane_of(source: int, op: int) -> str:
     if source in _CUDA_SOURCES:
         return "cuda"
-    if (source, op) == _SCHED_SWITCH:
+    if (source, op) == SCHED_SWITCH:
         return "offcpu"
     if source in _IO_SOURCES:
         return "io"
@@ -94,7 +94,7 @@ def summary(db: TraceDB) -> dict[str, Any]:
         f" SUM(CASE WHEN source IN {_CUDA_SOURCES} THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN source = ? AND op = ? THEN duration ELSE 0 END)"
         " FROM events GROUP BY tid, pid ORDER BY 4 DESC, 3 DESC",
-        _SCHED_SWITCH,
+        SCHED_SWITCH,
     ).fetchall()
     threads = [
         {"tid": int(t), "pid": int(p), "comm": thread_comms.get(int(t)) or procs.get(int(p), ""), "events": int(n), "cuda_calls": int(c), "offcpu_ns": int(off)}
