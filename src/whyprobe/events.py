@@ -53,6 +53,51 @@ PAYLOAD_DTYPE = np.dtype(
 )
 assert PAYLOAD_DTYPE.itemsize == 48
 
+# The one stored-event layout: a row of the `events` table as int64, in this order,
+# everywhere events are held in memory (writer, reader, live session, live explainer,
+# exports, MCP). `id` is the table's rowid; 0 in rows not yet stored (the writer
+# lets SQLite assign it). Convert other layouts with `as_event_rows`, never with
+# `astype`, which numpy matches by position, not by name.
+EVENT_ROW_COLUMNS = (
+    "id",
+    "timestamp",
+    "pid",
+    "tid",
+    "source",
+    "op",
+    "duration",
+    "arg0",
+    "arg1",
+    "arg2",
+    "aux",
+    "ret_code",
+    "cpu",
+    "cgroup_id",
+    "flags",
+    "stack_hash",
+)
+EVENT_ROW_DTYPE = np.dtype([(name, "<i8") for name in EVENT_ROW_COLUMNS])
+# What a column the source layout lacks reads as (cpu -1 = unknown; everything else 0).
+EVENT_ROW_DEFAULTS = {"cpu": -1}
+
+
+def as_event_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` (any structured array) as EVENT_ROW_DTYPE, field by field by name.
+
+    Rows already in the layout come back as they are (no copy); fields the source
+    lacks take EVENT_ROW_DEFAULTS, fields the layout lacks are left out.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype == EVENT_ROW_DTYPE:
+        return rows
+    if rows.dtype.names is None:
+        raise TypeError(f"event rows must be a structured array, got {rows.dtype}")
+    out = np.empty(rows.shape, EVENT_ROW_DTYPE)
+    for name in EVENT_ROW_COLUMNS:
+        out[name] = rows[name] if name in rows.dtype.names else EVENT_ROW_DEFAULTS.get(name, 0)
+    return out
+
+
 # Flags on an event (WP_F_* in whyprobe.h).
 F_PTSZ = 1 << 0
 F_NO_RETURN = 1 << 1

@@ -1,6 +1,6 @@
 """The explain engine on arrays: evidence layers, slow-call and gap attribution, findings.
 
-Input is an EVENT_COLUMNS array (what `TraceDB.load_events()` returns) or an
+Input is an EVENT_ROW_DTYPE array (what `TraceDB.load_events()` returns) or an
 `EventColumns` (what `TraceDB.load_arrays()` returns: the same columns and selections,
 without the wide record copies), so the batch `explain()` and the incremental
 `LiveExplainer` share all of it. Code here reads columns and selects rows; it never

@@ -38,7 +38,8 @@ STACK_FRAMES = 8
 # ---------------------------------------------------------------- reading the database
 
 
-def _names(db: TraceDB) -> Names:
+def trace_names(db: TraceDB) -> Names:
+    """Thread and process names as the trace stored them."""
     names = Names()
     if db.has("thread_names"):
         names.threads = {int(t): (int(p), str(c)) for t, p, c in db.conn.execute("SELECT tid, pid, comm FROM thread_names")}
@@ -78,7 +79,7 @@ def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
     return {(int(s), int(o), int(p)): int(c) - int(k) for s, o, p, c, k in rows}
 
 
-def _sched_complete(db: TraceDB) -> dict[int, tuple[int, int]]:
+def sched_incomplete(db: TraceDB) -> dict[int, tuple[int, int]]:
     """pid → (sched_switch rows stored, rows counted) where the aggregates count more than are stored."""
     if not db.has("event_aggregates", "count"):
         return {}
@@ -118,8 +119,8 @@ def _samples(db: TraceDB, start: int, end: int) -> Samples | None:
 
 
 _CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
-_EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "flags", "cpu", "stack_hash")
-_HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
+EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "flags", "cpu", "stack_hash")
+HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
 
 
 def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> EventColumns:
@@ -133,10 +134,10 @@ def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> Eve
     else:
         margin = _scalar(db, "SELECT MAX(duration) FROM events") or 0
         span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
-    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *_HOST_SOURCES)
+    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *HOST_SOURCES)
     marks = ", ".join("?" * len(sources))
     # Only degraded (Ingero) off-CPU rows take their CPU from the cpu column; ours use arg2.
-    cols = _EVIDENCE_COLS if degraded else tuple(c for c in _EVIDENCE_COLS if c != "cpu")
+    cols = EVIDENCE_COLS if degraded else tuple(c for c in EVIDENCE_COLS if c != "cpu")
     rows = db.load_arrays(cols, f"+source IN ({marks}){span}", (*sources, *args))
     source, tid = rows["source"], rows["tid"]
     is_call = np.isin(source, TAIL_SOURCES)
@@ -161,7 +162,7 @@ def _retransmits(db: TraceDB, start: int, end: int) -> list[tuple[int, int, str]
     return [(int(ts), int(tid), retransmit_peer(detail)) for ts, tid, detail in rows]
 
 
-def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
+def first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
     firsts = FirstCalls()
     if whole_trace:
         firsts.learn(gpu_calls)
@@ -213,15 +214,15 @@ def explain(
     events = _load(db, start, end, whole, degraded)
     if degraded:
         doc["notes"].append(INGERO_NOTE)
-    names = _names(db)
+    names = trace_names(db)
     names.learn(events)
-    incomplete = _sched_complete(db)
+    incomplete = sched_incomplete(db)
     ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored,
                   samples=_samples(db, start, end))
     ctx.kernels = kernel_names(db)
     ctx.retransmits = _retransmits(db, start, end)
     gpu_loaded = events[cudaops.is_gpu_call(events)]
-    firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
+    firsts = first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)
     doc["findings"] = engine.rank(engine.mark_minor(engine.merge(findings), end - start), min_severity)
     return doc

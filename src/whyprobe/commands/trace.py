@@ -320,6 +320,12 @@ def _run(
         to_duckdb(out, out.with_suffix(".duckdb"))
         if not json_out:
             print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: {cfg.storage.backend})")
+    if explainer is not None:
+        from whyprobe.analyze.explain import trace_names
+        from whyprobe.store.reader import open_trace
+
+        with open_trace(out) as db:
+            explainer.finish(trace_names(db))
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
@@ -345,7 +351,7 @@ def _run(
     if child_status is not None:
         print(f"Command exited with status {child_status}")
     if explainer is not None:
+        # All of them, most costly first: the live lines above came as evidence settled.
         for f in explainer.findings():
-            if f["id"] not in reported:
-                print(f"finding ({f['severity']}): {f['summary']}")
+            print(f"finding ({f['severity']}): {f['summary']}")
     print(f"Next: whyprobe stats {out}\n      whyprobe explain {out}")

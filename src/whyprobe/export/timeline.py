@@ -161,7 +161,8 @@ def build_timeline(db: TraceDB, *, min_duration_ns: int = 0) -> Timeline:
     slices: list[Slice] = []
     counts: dict[str, int] = {}
     whyprobe = db.flavor == "whyprobe"
-    for row, node in zip(events.tolist(), node_index.tolist()):
+    fields = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "cpu", "stack_hash", "flags")
+    for row, node in zip(zip(*(events[f].tolist() for f in fields)), node_index.tolist()):
         (eid, ts, pid, tid, source, op, dur, arg0, arg1, arg2, aux, ret, cpu, stack_hash, flags) = row
         category = category_of(source, op)
         owner = tracks.thread(node, pid, tid)

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from whyprobe import clock
+from whyprobe.errors import KernelError
 from whyprobe.kernel.libbpf import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
@@ -43,7 +45,10 @@ class ProbeSet:
         capture_stacks: bool = False,
         events_ring_bytes: int = 1 << 24,
         payloads_ring_bytes: int = 1 << 22,
+        clock_offset_ns: int | None = None,
     ) -> None:
+        # What every family adds to the ring's monotonic timestamps: one value per trace.
+        self.clock_offset_ns = clock.measure_offset_ns() if clock_offset_ns is None else clock_offset_ns
         page = os.sysconf("SC_PAGE_SIZE")
         self.events_ring_bytes = _pow2_at_least(events_ring_bytes, page)
         self.payloads_ring_bytes = _pow2_at_least(payloads_ring_bytes, page)
@@ -96,7 +101,7 @@ class ProbeSet:
 
     def _fd(self, name: str) -> int:
         if name not in self._shared:
-            raise RuntimeError(f"no loaded object defines the shared map {name!r}")
+            raise KernelError(f"no loaded BPF object defines the shared map {name!r}: load a probe family before using it")
         return self._shared[name]
 
     @property
@@ -131,7 +136,7 @@ class ProbeSet:
     def _pid_index(self, pid: int) -> int:
         pid = int(pid)
         if not 0 < pid < len(self._pidset):
-            raise ValueError(f"pid {pid} is outside 1..{len(self._pidset) - 1}")
+            raise KernelError(f"pid {pid} cannot be traced: the kernel's pid table holds 1..{len(self._pidset) - 1} (pid_max)")
         return pid
 
     def drops(self) -> dict:

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from whyprobe.errors import KernelError
 from whyprobe.events import PAYLOAD_DTYPE
 
 BUSY_BIT = 1 << 31
@@ -38,7 +39,7 @@ def _ring_size(map_fd: int) -> int:
         for line in f:
             if line.startswith("max_entries:"):
                 return int(line.split()[1])
-    raise OSError(f"fd {map_fd} is not a BPF map")
+    raise KernelError(f"fd {map_fd} is not a BPF ring buffer map (no max_entries in /proc/self/fdinfo/{map_fd})")
 
 
 class RingReader:
@@ -87,7 +88,10 @@ class RingReader:
                 break
             sizes = lens[:done] & ~np.uint32(BUSY_BIT | DISCARD_BIT)
             if (sizes != self.dtype.itemsize).any():
-                raise RuntimeError(f"ring holds a record that is not {self.dtype.itemsize} bytes: layout mismatch")
+                raise KernelError(
+                    f"the event ring holds records of {int(sizes[sizes != self.dtype.itemsize][0])} bytes, this whyprobe reads "
+                    f"{self.dtype.itemsize}: the BPF objects and the Python package differ in version (rebuild them with `make bpf`)"
+                )
             keep = (lens[:done] & DISCARD_BIT) == 0
             recs = span["rec"][:done][keep].copy() if not keep.all() else span["rec"][:done].copy()
             out.append(recs)

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import orjson
 
+from whyprobe import clock
 from whyprobe.kernel import caps
 from whyprobe.kernel.libbpf import BpfObject, map_items, map_keys, map_lookup
 from whyprobe.kernel.ring import PayloadBatch
@@ -194,12 +195,12 @@ class ProcFamily:
 
     def _offset(self) -> int:
         if self._clock is None:
-            from whyprobe.store.writer import clock_offset_ns
-
-            self._clock = clock_offset_ns()
+            self._clock = clock.measure_offset_ns()
         return self._clock
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        if self._clock is None:
+            self._clock = probes.clock_offset_ns
         self.obj = _load_and_attach(probes, "proc")
         for pid in targets.pids:
             self._see(pid)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
 import select
 import shlex
@@ -31,13 +30,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from whyprobe import clock
+from whyprobe.analyze.stats import OpAccumulator
+from whyprobe.errors import WhyprobeError
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.record.details import DetailJoiner
-from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, Source, op_name
+from whyprobe.events import EVENT_DTYPE
 from whyprobe.store.writer import Writer, rows_from_records
 
 
@@ -50,9 +51,6 @@ SNAPSHOT_S = 0.25
 CHECKPOINT_S = 5.0
 # Processes read from /proc per tick (their names come from the records; this adds command lines).
 PROC_READS_PER_TICK = 64
-# Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
-_BUCKETS_PER_OCTAVE = 8
-_NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
 
 
 @dataclass
@@ -138,12 +136,6 @@ class TraceSummary:
         }
 
 
-def display_name(source: int, op: int) -> str:
-    if source == Source.SYSCALL:
-        return syscall_name(op)
-    return op_name(source, op)
-
-
 def fnv1a64(data: bytes) -> int:
     h = 0xCBF29CE484222325
     for b in data:
@@ -155,46 +147,15 @@ def as_int64(u: int) -> int:
     return u - (1 << 64) if u >= 1 << 63 else u
 
 
-class LatencyStats:
-    """Per-op counts and log-bucket latency histograms (exact counts, ~9% quantile resolution)."""
-
-    def __init__(self) -> None:
-        self.hist: dict[int, np.ndarray] = {}
-        self.errors: dict[int, int] = {}
-
-    def add(self, records: np.ndarray) -> None:
-        if not len(records):
-            return
-        key = records["source"].astype(np.int64) << 16 | records["op"]
-        dur = np.maximum(records["duration_ns"], 1).astype(np.float64)
-        bucket = np.minimum((np.log2(dur) * _BUCKETS_PER_OCTAVE).astype(np.int64), _NBUCKETS - 1)
-        # CUDA calls fail with any non-zero code; syscalls and the rest with a negative one.
-        cuda = (records["source"] == Source.CUDA) | (records["source"] == Source.DRIVER)
-        failed = np.where(cuda, records["ret"] != 0, records["ret"] < 0)
-        for k in np.unique(key):
-            sel = key == k
-            h = self.hist.setdefault(int(k), np.zeros(_NBUCKETS, np.int64))
-            h += np.bincount(bucket[sel], minlength=_NBUCKETS)
-            self.errors[int(k)] = self.errors.get(int(k), 0) + int(np.count_nonzero(failed[sel]))
-
-    @staticmethod
-    def quantile(h: np.ndarray, q: float) -> float:
-        total = int(h.sum())
-        if total == 0:
-            return 0.0
-        i = int(np.searchsorted(np.cumsum(h), math.ceil(q * total)))
-        return 2 ** ((i + 0.5) / _BUCKETS_PER_OCTAVE)
-
-    def counts(self) -> dict[int, int]:
-        return {k: int(h.sum()) for k, h in self.hist.items()}
-
-    def ops(self, prev_counts: dict[int, int], interval_s: float) -> tuple[OpStat, ...]:
-        out = []
-        for k, h in self.hist.items():
-            n = int(h.sum())
-            rate = (n - prev_counts.get(k, 0)) / interval_s if interval_s > 0 else 0.0
-            out.append(OpStat(display_name(k >> 16, k & 0xFFFF), n, rate, self.quantile(h, 0.5), self.quantile(h, 0.99), self.errors.get(k, 0)))
-        return tuple(sorted(out, key=lambda o: -o.count))
+def op_view(stats: OpAccumulator, prev_counts: dict[tuple[int, int], int], interval_s: float, *, exact: bool) -> tuple[OpStat, ...]:
+    """The per-op lines of the live view and the final summary (analyze/stats.py computes them),
+    with each op's rate since `prev_counts`, busiest first."""
+    out = []
+    for st in stats.stats(exact=exact):
+        n = st["count"]
+        rate = (n - prev_counts.get((st["source_id"], st["op_id"]), 0)) / interval_s if interval_s > 0 else 0.0
+        out.append(OpStat(st["op"], n, rate, st["p50_ns"], st["p99_ns"], st["errors"]))
+    return tuple(sorted(out, key=lambda o: -o.count))
 
 
 class TraceSession:
@@ -208,7 +169,7 @@ class TraceSession:
         self.probes: ProbeSet | None = None
         self.writer: Writer | None = None
         self.warnings: list[str] = []
-        self.stats = LatencyStats()
+        self.stats = OpAccumulator()
         self._pids: set[int] = set(targets.pids)
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
@@ -223,7 +184,7 @@ class TraceSession:
         self._records_seen = 0
         self._started = 0.0
         self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "payload": 0, "queue": 0})
-        self._prev_counts: dict[int, int] = {}
+        self._prev_counts: dict[tuple[int, int], int] = {}
         self._last_snapshot = 0.0
         self._drops: dict = {"ring": 0, "rate": 0, "payload": 0}
         self._reader_error: BaseException | None = None
@@ -234,14 +195,13 @@ class TraceSession:
 
     def start(self) -> list[str]:
         """Open the database, load and attach every family, enroll targets, start draining."""
-        from whyprobe.store.writer import clock_offset_ns
-
         opts = self.options
+        self._clock_offset = clock.measure_offset_ns()
         session = dict(opts.session_fields)
+        session["clock_offset_ns"] = self._clock_offset
         session.setdefault("probes", ",".join(f.name for f in self.families))
         session.setdefault("pid_filter", "all" if self.targets.trace_all else ",".join(map(str, sorted(self._pids))))
         self.writer = Writer(self.out, session=session, max_queue=opts.max_queue, max_db_mb=opts.max_db_mb, retention_hours=opts.retention_hours)
-        self._clock_offset = clock_offset_ns()
         try:
             self.probes = ProbeSet(
                 trace_all=self.targets.trace_all or opts.trace_all,
@@ -249,6 +209,7 @@ class TraceSession:
                 capture_stacks=opts.capture_stacks,
                 events_ring_bytes=opts.ring_bytes,
                 payloads_ring_bytes=opts.payload_ring_bytes,
+                clock_offset_ns=self._clock_offset,
             )
             for fam in self.families:
                 self.warnings += fam.attach(self.probes, self.targets)
@@ -293,7 +254,7 @@ class TraceSession:
             if hasattr(fam, "tick"):
                 try:
                     self.warnings += fam.tick(pids)
-                except Exception as exc:  # a family's housekeeping must not end the trace
+                except (OSError, WhyprobeError) as exc:  # a family's housekeeping (/proc, maps, attach) must not end the trace
                     log.warning("%s tick failed: %s", fam.name, exc)
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))
@@ -357,7 +318,7 @@ class TraceSession:
             rate_drops=drops["rate"],
             queue_drops=self.writer.queue_drops,
             duration_s=elapsed,
-            ops=self.stats.ops({}, 0),
+            ops=op_view(self.stats, {}, 0, exact=True),
             warnings=tuple(self.warnings),
             targets=tuple(sorted(self._pids)),
             payload_drops=drops["payload"],
@@ -422,7 +383,7 @@ class TraceSession:
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
         details = self._details.join(records, rows)
-        self.stats.add(records)
+        self.stats.add(records["source"], records["op"], records["duration_ns"], records["ret"])
         for fam in self.families:
             fam.on_batch(records)
         self._names(records)
@@ -497,7 +458,7 @@ class TraceSession:
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
         drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self._details.details_lost)
-        ops = self.stats.ops(self._prev_counts, interval)
+        ops = op_view(self.stats, self._prev_counts, interval, exact=False)
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now
         self._snapshot = Snapshot(now - self._started, tuple(sorted(self._pids)), ops, self._records_seen, drops, tuple(self.warnings))

@@ -131,13 +131,11 @@ class WireRecorder:
     # ---- ProbeFamily ---------------------------------------------------------------
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        from whyprobe.store.writer import clock_offset_ns
-
         self._probes = probes
         self.pipeline = WirePipeline(
             max_message_bytes=self._max,
             capture_cap=self._max,
-            ts_offset_ns=clock_offset_ns(),
+            ts_offset_ns=probes.clock_offset_ns,
             comm_of=lambda pid: _proc_text(pid, "comm"),
             cmdline_of=lambda pid: _proc_text(pid, "cmdline"),
             previous_snapshots=self._previous,
@@ -221,7 +219,7 @@ class WireRecorder:
         for m in msgs:
             try:
                 self.on_message(m)
-            except Exception as exc:  # a broken console must not stop the capture
+            except OSError as exc:  # a broken console (closed pipe) must not stop the capture
                 log.warning("message observer failed: %s", exc)
 
     def _settle(self, before: float, writer: object = None) -> None:

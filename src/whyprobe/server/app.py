@@ -22,7 +22,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from whyprobe.config import ToolSpec
-from whyprobe.events import F_DETAIL_LOST
+from whyprobe.events import F_DETAIL_LOST, F_PREEMPTED
 from whyprobe.server import tools as T
 from whyprobe.server.output import EventShaped, cap_output, event_shaped
 from whyprobe.server.security import AuditLog, RateLimiter, fence
@@ -79,7 +79,7 @@ class Guard:
         start = time.perf_counter_ns()
         try:
             result = await call_next(ctx)
-        except Exception as exc:
+        except Exception as exc:  # every failure is audited, then re-raised as it was
             self._audit(label, what, args, 0, time.perf_counter_ns() - start, False, f"error: {exc}")
             raise
         finally:
@@ -292,7 +292,7 @@ def _register_prompt_and_resources(mcp: MCPServer, state: T.ServerState) -> None
 
 
 TABLE_MEANINGS = {
-    "events": "one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & 4 = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
+    "events": f"one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & {F_PREEMPTED} = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
     "host_events": "events joined with names: comm, source, op, syscall",
     "sources": "source id → name", "ops": "(source_id, op_id) → op name and meaning of args",
     "stack_traces": "hash → frames JSON [{s: symbol, f: file, l: line}] innermost first",

@@ -26,7 +26,8 @@ _SO = Path(__file__).with_name("_fastsql.so")
 # Multi-row INSERTs cut SQLite's per-row CPU by ~1/3; a statement stays under SQLite's parameter limit.
 ROWS_PER_STATEMENT = 64
 _MAX_PARAMS = 32766
-_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\([^()]*\))\s*$", re.IGNORECASE | re.DOTALL)
+# One VALUES tuple; its items may call a function (one level of parentheses, e.g. NULLIF(?, 0)).
+_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\((?:[^()]|\([^()]*\))*\))\s*$", re.IGNORECASE | re.DOTALL)
 
 
 def _load():
@@ -153,7 +154,7 @@ def select_i64(conn: sqlite3.Connection, sql: str, params: Sequence[int], ncols:
     err = ct.create_string_buffer(256)
     rc = _lib.wp_select_i64(db, sql.encode(), prm, len(params), ncols, ct.byref(out), ct.byref(n), err, len(err))
     if rc:
-        raise sqlite3.OperationalError(err.value.decode(errors="replace"))
+        raise StoreError(f"Cannot read the trace: {err.value.decode(errors='replace')} (SQLite error {rc}; is the file intact? try `sqlite3 FILE 'PRAGMA integrity_check'`)")
     if n.value == 0 or copy:
         try:
             return np.ctypeslib.as_array(out, shape=(n.value, ncols)).copy() if n.value else np.zeros((0, ncols), np.int64)

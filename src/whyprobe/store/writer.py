@@ -32,32 +32,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import psutil
 
-from whyprobe import __version__
+from whyprobe import __version__, clock
 from whyprobe.errors import StoreError
-from whyprobe.events import Details
+from whyprobe.events import EVENT_ROW_COLUMNS, EVENT_ROW_DTYPE, Details
 from whyprobe.store import fastsql, schema
 
 log = logging.getLogger(__name__)
-
-ROW_COLUMNS = (
-    "timestamp",
-    "pid",
-    "tid",
-    "source",
-    "op",
-    "duration",
-    "arg0",
-    "arg1",
-    "arg2",
-    "aux",
-    "ret_code",
-    "cpu",
-    "cgroup_id",
-    "flags",
-    "stack_hash",
-)
-ROW_DTYPE = np.dtype([(name, "<i8") for name in ROW_COLUMNS])
 
 NS_PER_MINUTE = 60_000_000_000
 _INT64_MAX = np.iinfo(np.int64).max
@@ -87,12 +69,12 @@ ON CONFLICT(bucket, source, op, pid, node) DO UPDATE SET
 
 
 def rows_from_records(records: np.ndarray, clock_offset_ns: int) -> np.ndarray:
-    """Ring records (`EVENT_DTYPE`, CLOCK_MONOTONIC ns) → events-table rows (unix ns).
+    """Ring records (`EVENT_DTYPE`, CLOCK_MONOTONIC ns) → EVENT_ROW_DTYPE rows (unix ns).
 
     u64 fields are reinterpreted bit for bit as int64 (SQLite integers are
-    signed); `stack_hash` is left 0 for the session to fill.
+    signed); `id` is 0 (SQLite assigns it) and `stack_hash` 0 for the session to fill.
     """
-    out = np.empty(len(records), ROW_DTYPE)
+    out = np.empty(len(records), EVENT_ROW_DTYPE)
     for i in range(0, len(records), _ROWS_CHUNK):
         _fill_rows(out[i : i + _ROWS_CHUNK], records[i : i + _ROWS_CHUNK], clock_offset_ns)
     return out
@@ -106,23 +88,8 @@ def _fill_rows(out: np.ndarray, records: np.ndarray, clock_offset_ns: int) -> No
     out["ret_code"] = records["ret"]
     for name in ("pid", "tid", "cpu", "source", "op", "flags"):
         out[name] = records[name]
+    out["id"] = 0
     out["stack_hash"] = 0
-
-
-def clock_offset_ns(samples: int = 7) -> int:
-    """Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns reads), in ns.
-
-    The wall-clock read is bracketed by two monotonic reads; the tightest
-    bracket of a few tries gives the offset with the least scheduling noise.
-    """
-    best_gap, best = None, 0
-    for _ in range(samples):
-        m0 = time.monotonic_ns()
-        wall = time.time_ns()
-        m1 = time.monotonic_ns()
-        if best_gap is None or m1 - m0 < best_gap:
-            best_gap, best = m1 - m0, wall - (m0 + m1) // 2
-    return best
 
 
 def aggregate_rows(rows: np.ndarray, node: str = "") -> list[tuple]:
@@ -193,15 +160,17 @@ def _cpu_model() -> str:
 
 def _mem_total_mib() -> int:
     try:
-        import psutil
-
         return int(psutil.virtual_memory().total // 2**20)
-    except Exception:  # psutil missing or /proc unreadable: the fact is optional
+    except OSError:  # /proc/meminfo unreadable (a sandbox): the fact is optional
         return 0
 
 
 def host_facts() -> dict[str, Any]:
-    """The `sessions` columns that describe this host and this invocation."""
+    """The `sessions` columns that describe this host and this invocation.
+
+    A trace passes the clock offset it applies to its events in `session`; this
+    one is for files written without a trace (imports, tests).
+    """
     hostname = socket.gethostname()
     return {
         "started_at": time.time_ns(),
@@ -215,7 +184,7 @@ def host_facts() -> dict[str, Any]:
         "python_ver": platform.python_version(),
         "whyprobe_ver": __version__,
         "argv": shlex.join(sys.argv),
-        "clock_offset_ns": clock_offset_ns(),
+        "clock_offset_ns": clock.measure_offset_ns(),
     }
 
 
@@ -319,14 +288,14 @@ class Writer:
     # ---- producer side (any thread) -------------------------------------------------
 
     def put_events(self, rows: np.ndarray, details: Details | Sequence[str | None] | None = None) -> bool:
-        """Queue a batch of ROW_DTYPE rows without ever blocking.
+        """Queue a batch of EVENT_ROW_DTYPE rows without ever blocking.
 
         The writer keeps a reference to `rows` (no copy): don't reuse the buffer.
         Returns False (and counts the rows in `queue_drops`) when the queue is
         full, the writer failed, or it is closed.
         """
-        if rows.dtype != ROW_DTYPE:
-            raise TypeError(f"put_events wants rows of ROW_DTYPE, got {rows.dtype}")
+        if rows.dtype != EVENT_ROW_DTYPE:
+            raise TypeError(f"put_events wants rows of EVENT_ROW_DTYPE, got {rows.dtype}")
         if details is not None and len(details) != len(rows):
             raise ValueError(f"{len(details)} details for {len(rows)} rows")
         if len(rows) == 0:
@@ -435,7 +404,9 @@ class Writer:
             try:
                 self._commit(batch)
                 self._retain()
-            except Exception as exc:  # disk full, I/O error: keep the reason for flush/close
+            # Any failure (disk full, I/O error, or a bug) must reach flush/close through _error:
+            # this thread ending silently would leave producers waiting forever.
+            except Exception as exc:
                 log.error("writer failed on %s: %s", self.path, exc)
                 self._error = exc
                 if self._conn.in_transaction:
@@ -457,7 +428,7 @@ class Writer:
             kind = item[0]
             if kind == "events":
                 rows, details = item[1], item[2]
-                matrix = rows.view(np.int64).reshape(-1, len(ROW_COLUMNS))
+                matrix = rows.view(np.int64).reshape(-1, len(EVENT_ROW_COLUMNS))
                 if details is None:
                     if not fastsql.insert_i64(conn, self._insert_event, matrix):
                         conn.executemany(self._insert_event, matrix.tolist())
@@ -516,8 +487,9 @@ class Writer:
     # ---- helpers -------------------------------------------------------------------
 
     def _event_sql(self, *, with_detail: bool) -> str:
-        cols = list(ROW_COLUMNS) + (["detail"] if with_detail else [])
-        marks = ", ".join("?" * len(cols))
+        # id 0 binds as NULL, so SQLite assigns the rowid; rows bind as they lie in memory.
+        cols = list(EVENT_ROW_COLUMNS) + (["detail"] if with_detail else [])
+        marks = ", ".join(["NULLIF(?, 0)"] + ["?"] * (len(cols) - 1))
         return f"INSERT INTO events({', '.join(cols)}, session_id) VALUES ({marks}, {int(self.session_id)})"
 
     def _insert_session(self, conn: sqlite3.Connection, facts: dict[str, Any]) -> int:
