@@ -286,8 +286,11 @@ class CudaFamily:
         previous, self._last_scan_ns = self._last_scan_ns, time.time_ns()
         warnings = []
         for pid in pids:
-            self.kernels.note_maps(pid)
-            for path in libs.cuda_maps(pid):
+            mapped = libs.cuda_maps(pid)
+            if mapped:
+                # Only CUDA processes launch kernels: keep their maps to name launch stubs with.
+                self.kernels.note_maps(pid)
+            for path in mapped:
                 if os.path.realpath(path) not in self._seen_paths:
                     # Not there at the previous scan: calls between then and now may be missed.
                     warnings += self.attach_library(path, f"maps of pid {pid}", first_seen_ns=previous or self._last_scan_ns)
