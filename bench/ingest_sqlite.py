@@ -16,7 +16,8 @@ import numpy as np
 
 from whyprobe.events import EVENT_DTYPE
 from whyprobe import clock
-from whyprobe.store.writer import Writer, rows_from_records
+from whyprobe.store.rows import rows_from_records
+from whyprobe.store.writer import Writer
 
 TARGET = 300_000
 

@@ -18,7 +18,8 @@ from whyprobe.events import EVENT_DTYPE, Source
 from whyprobe.export.prometheus import TraceMetrics
 from whyprobe.record.session import op_view
 from whyprobe.store.reader import open_trace
-from whyprobe.store.writer import Writer, rows_from_records
+from whyprobe.store.rows import rows_from_records
+from whyprobe.store.writer import Writer
 from whyprobe.ui.dashboard import data as dashboard
 
 T0 = 1_000_000_000

@@ -14,7 +14,8 @@ import pytest
 from whyprobe.errors import StoreError
 from whyprobe.clock import measure_offset_ns
 from whyprobe.events import EVENT_DTYPE, EVENT_ROW_COLUMNS, EVENT_ROW_DTYPE
-from whyprobe.store.writer import Writer, aggregate_rows, rows_from_records
+from whyprobe.store.rows import aggregate_rows, rows_from_records
+from whyprobe.store.writer import Writer
 
 MIN = 60_000_000_000
 

@@ -39,7 +39,8 @@ from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
 from whyprobe.record.details import DetailJoiner
 from whyprobe.events import EVENT_DTYPE
-from whyprobe.store.writer import Writer, rows_from_records
+from whyprobe.store.rows import rows_from_records
+from whyprobe.store.writer import Writer
 
 
 log = logging.getLogger(__name__)

@@ -21,171 +21,32 @@ import json
 import logging
 import math
 import os
-import platform
-import shlex
-import socket
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import psutil
 
-from whyprobe import __version__, clock
 from whyprobe.errors import StoreError
 from whyprobe.events import EVENT_ROW_COLUMNS, EVENT_ROW_DTYPE, Details
 from whyprobe.store import fastsql, schema
+from whyprobe.store.hostfacts import host_facts
+from whyprobe.store.rows import AGGREGATE_UPSERT, aggregate_rows
 
 log = logging.getLogger(__name__)
 
-NS_PER_MINUTE = 60_000_000_000
-_INT64_MAX = np.iinfo(np.int64).max
 _PRUNE_CHUNK = 50_000
 _BATCH_ITEMS = 64  # queue items folded into one transaction
-# rows_from_records converts this many records at a time: field by field over a
-# whole drained ring (up to ~40 MB of rows) misses the cache on every one of its
-# 15 passes; chunks that stay in L2 take ~45 instead of ~170 ns a row alone,
-# ~200 instead of ~340 ns inside a busy trace (bench/ingest.py).
-_ROWS_CHUNK = 8192
 # Secondary indexes on events take ~4x the insert time when maintained row by
 # row (random B-tree inserts); a fresh file gets them built once, at close.
 _DEFERRED_INDEXES = ("idx_events_timestamp", "idx_events_source_op", "idx_events_tid_ts", "idx_events_pid")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-AGGREGATE_UPSERT = """
-INSERT INTO event_aggregates(bucket, source, op, pid, node, count, stored, sum_dur, min_dur, max_dur, sum_arg0)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(bucket, source, op, pid, node) DO UPDATE SET
-    count = count + excluded.count,
-    stored = stored + excluded.stored,
-    sum_dur = sum_dur + excluded.sum_dur,
-    min_dur = min(min_dur, excluded.min_dur),
-    max_dur = max(max_dur, excluded.max_dur),
-    sum_arg0 = sum_arg0 + excluded.sum_arg0
-"""
-
-
-def rows_from_records(records: np.ndarray, clock_offset_ns: int) -> np.ndarray:
-    """Ring records (`EVENT_DTYPE`, CLOCK_MONOTONIC ns) → EVENT_ROW_DTYPE rows (unix ns).
-
-    u64 fields are reinterpreted bit for bit as int64 (SQLite integers are
-    signed); `id` is 0 (SQLite assigns it) and `stack_hash` 0 for the session to fill.
-    """
-    out = np.empty(len(records), EVENT_ROW_DTYPE)
-    for i in range(0, len(records), _ROWS_CHUNK):
-        _fill_rows(out[i : i + _ROWS_CHUNK], records[i : i + _ROWS_CHUNK], clock_offset_ns)
-    return out
-
-
-def _fill_rows(out: np.ndarray, records: np.ndarray, clock_offset_ns: int) -> None:
-    out["timestamp"] = records["ts_ns"].view(np.int64) + np.int64(clock_offset_ns)
-    out["duration"] = records["duration_ns"].view(np.int64)
-    for name in ("arg0", "arg1", "arg2", "aux", "cgroup_id"):
-        out[name] = records[name].view(np.int64)
-    out["ret_code"] = records["ret"]
-    for name in ("pid", "tid", "cpu", "source", "op", "flags"):
-        out[name] = records[name]
-    out["id"] = 0
-    out["stack_hash"] = 0
-
-
-def aggregate_rows(rows: np.ndarray, node: str = "") -> list[tuple]:
-    """Per (minute bucket, source, op, pid) count/stored/sum/min/max duration and sum of arg0."""
-    if len(rows) == 0:
-        return []
-    bucket = rows["timestamp"] // NS_PER_MINUTE * NS_PER_MINUTE
-    # One sortable key: source (<2^8), op (<2^16) and pid (<2^32) pack into 56 bits;
-    # the bucket is sorted first, separately, since a batch rarely spans two minutes.
-    key = (rows["source"] << 48) | (rows["op"] << 32) | (rows["pid"] & 0xFFFFFFFF)
-    one_bucket = bool(np.all(bucket == bucket[0]))
-    order = np.argsort(key, kind="stable") if one_bucket else np.lexsort((key, bucket))
-    kb, kk = bucket[order], key[order]
-    starts = np.concatenate(([0], np.flatnonzero((kk[1:] != kk[:-1]) | (kb[1:] != kb[:-1])) + 1))
-    counts = np.diff(np.append(starts, len(rows)))
-    first = order[starts]
-    dur = rows["duration"][order]
-    arg0 = rows["arg0"][order]
-    sum_arg0 = np.add.reduceat(arg0, starts)
-    # arg0 is a pointer for some ops: saturate instead of wrapping around.
-    approx = np.add.reduceat(arg0.astype(np.float64), starts)
-    over = np.abs(approx) >= 9.0e18
-    sum_arg0[over] = np.where(approx[over] > 0, _INT64_MAX, -_INT64_MAX)
-    cols = np.stack(
-        [
-            kb[starts],
-            rows["source"][first],
-            rows["op"][first],
-            rows["pid"][first],
-            counts,
-            counts,
-            np.add.reduceat(dur, starts),
-            np.minimum.reduceat(dur, starts),
-            np.maximum.reduceat(dur, starts),
-            sum_arg0,
-        ],
-        axis=1,
-    )
-    return [(b, s, o, p, node, *rest) for b, s, o, p, *rest in cols.tolist()]
-
-
 def _read_first(path: Path, size: int) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(size)
-
-
-def _os_release() -> str:
-    try:
-        with open("/etc/os-release", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("PRETTY_NAME="):
-                    return line.split("=", 1)[1].strip().strip('"')
-    except OSError:
-        pass
-    return ""
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _mem_total_mib() -> int:
-    try:
-        return int(psutil.virtual_memory().total // 2**20)
-    except OSError:  # /proc/meminfo unreadable (a sandbox): the fact is optional
-        return 0
-
-
-def host_facts() -> dict[str, Any]:
-    """The `sessions` columns that describe this host and this invocation.
-
-    A trace passes the clock offset it applies to its events in `session`; this
-    one is for files written without a trace (imports, tests).
-    """
-    hostname = socket.gethostname()
-    return {
-        "started_at": time.time_ns(),
-        "hostname": hostname,
-        "node": hostname,
-        "kernel": platform.release(),
-        "os_release": _os_release(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count() or 0,
-        "mem_total": _mem_total_mib(),
-        "python_ver": platform.python_version(),
-        "whyprobe_ver": __version__,
-        "argv": shlex.join(sys.argv),
-        "clock_offset_ns": clock.measure_offset_ns(),
-    }
 
 
 def _check_target(path: Path) -> None:
