@@ -70,7 +70,7 @@ def test_whyprobe_and_bpftrace_count_the_same(bpf_required, tmp_path):
         tr_out, tr_err = tracer.communicate(timeout=120)
         assert tracer.returncode == 0, tr_err
         bt.send_signal(signal.SIGINT)
-        bt_out, _ = bt.communicate(timeout=60)
+        bt_out, _ = bt.communicate(timeout=180)
     finally:
         for p in (sh, bt, tracer):
             if p is not None and p.poll() is None:

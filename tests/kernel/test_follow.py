@@ -57,7 +57,8 @@ def test_runtime_dlopened_from_a_temp_dir_loses_no_call(bpf_required, tmp_path, 
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     # AND a trace of it without --lib: nothing CUDA is mapped yet, so nothing is attached at start
     fam = CudaFamily()
-    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
+    # (a ring that holds every call: this test is about the attach, not about how fast a loaded host drains)
+    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False, ring_bytes=1 << 26))
     try:
         session.start()
         assert fam.attached == {}

@@ -17,7 +17,7 @@ import time
 from whyprobe.demo.build import build_workloads
 
 ROW = re.compile(r"cudaLaunchKernel\s*│\s*([\d,]+)\s*│\s*([\d,]+)\s*│")
-DROPS = re.compile(r"drops: ring ([\d,]+)")
+DROPS = re.compile(r"events dropped: ring ([\d,]+)")  # the live view's line (the final summary says "drops: ring")
 
 
 def _num(s: str) -> int:

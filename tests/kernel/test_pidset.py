@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from whyprobe.errors import KernelError
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.record.follow import Follower
 
@@ -64,7 +65,7 @@ def test_pids_outside_the_set_are_refused() -> None:
     with ProbeSet() as ps:
         follower = Follower(ps).start()
         try:
-            with pytest.raises(ValueError, match="outside"):
+            with pytest.raises(KernelError, match="cannot be traced"):
                 ps.add_targets([1 << 22])
         finally:
             follower.stop()

@@ -50,3 +50,31 @@ def test_non_elf_file_is_one_clear_error(tmp_path) -> None:
     bad.write_bytes(b"not an elf")
     with pytest.raises(WhyprobeError, match="Not a readable ELF file"):
         function_offsets(bad)
+
+
+def test_a_failing_bulk_select_is_a_store_error_with_a_sentence(tmp_path) -> None:
+    import sqlite3
+
+    from whyprobe.errors import StoreError
+    from whyprobe.store import fastsql
+
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t(a INTEGER)")
+    if not fastsql.available(conn):
+        pytest.fail("the fastsql helper is not built (make native)")
+    with pytest.raises(StoreError, match=r"^Cannot read the trace: .*no such table: nope"):
+        fastsql.select_i64(conn, "SELECT a FROM nope", (), 1)
+
+
+def test_a_ring_fd_that_is_not_a_map_is_a_kernel_error(tmp_path) -> None:
+    import os
+
+    from whyprobe.errors import KernelError
+    from whyprobe.kernel.ring import _ring_size
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(KernelError, match="not a BPF ring buffer map"):
+            _ring_size(fd)
+    finally:
+        os.close(fd)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from whyprobe.analyze.samples import frame_text, frame_where
 from whyprobe.units import fmt_bytes, fmt_ns
 
 _LAUNCH_WORDS = ("Launch", "launch")
+# DataLoader advice for a GPU gap needs at least this share of its samples in data-loading code.
+DATA_LOADING_SHARE = 0.2
 _COPY_WORDS = ("Memcpy", "memcpy")
 
 
@@ -28,6 +31,37 @@ def _split(f: dict) -> str:
     return ", ".join(parts)
 
 
+def _kernel_list(f: dict, limit: int = 3) -> str:
+    names = [k["kernel"] for k in f.get("kernels", [])]
+    text = ", ".join(f"`{n}`" for n in names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _first_launch(f: dict) -> str:
+    """What a cold launch paid for, naming the kernels when the trace named them."""
+    if f.get("kernels"):
+        return f"first launch of {_kernel_list(f)}: lazy module loading / JIT"
+    return "context creation / lazy module loading"
+
+
+def _peers_text(c: dict) -> str:
+    peers = c.get("peers") or []
+    if not peers:
+        return ""
+    shown = ", ".join(f"{p['peer']} ({p['retransmits']} retransmit{'s' if p['retransmits'] != 1 else ''})" for p in peers[:3])
+    return f" with TCP retransmits to {shown}"
+
+
+def _sampled(f: dict, where: str) -> str:
+    """"; 71% of gap samples in sampler.py:212 compute_logprobs" from the on_cpu cause's frames, or ""."""
+    c = _cause(f, "on_cpu")
+    if not c or not c.get("frames"):
+        return ""
+    top = c["frames"][0]
+    more = "".join(f", {100 * x['share']:.0f}% in {frame_text(x)}" for x in c["frames"][1:3])
+    return f"; {100 * top['share']:.0f}% of {where} samples in {frame_text(top)}{more}"
+
+
 def summarize(f: dict) -> str:
     me = thread_label(f.get("comm", ""), f["tid"], f.get("pid", 0))
     top = f["causes"][0] if f["causes"] else None
@@ -39,8 +73,8 @@ def summarize(f: dict) -> str:
             f"(longest {longest}, {100 * f.get('window_share', 0):.0f}% of the window)"
         )
         if f["dominant_cause"] == "on_cpu":
-            return f"{head}; the thread was busy on-CPU between steps: {_split(f)}."
-        return f"{head}; where its time went: {_split(f)}."
+            return f"{head}; the thread was busy on-CPU between steps: {_split(f)}{_sampled(f, 'gap')}."
+        return f"{head}; where its time went: {_split(f)}{_sampled(f, 'gap')}."
     n, op = f["slow_calls"], f["op"]
     head = f"{n} slow {op} call(s) on {me} (p50 {fmt_ns(f['p50_ns'])}, p99 {fmt_ns(f['p99_ns'])}, {f['tail_ratio']:.1f}x) lost {fmt_ns(f['lost_ns'])} over the median"
     if top is None or top["kind"] == "unknown":
@@ -49,18 +83,19 @@ def summarize(f: dict) -> str:
     what = {
         "off_cpu": "off-CPU",
         "io": "waiting on block I/O",
-        "network": "in network send/recv",
+        "network": "in network send/recv" + _peers_text(top),
         "syscall": "in syscalls",
         "sync_wait": "waiting for earlier GPU work (GPU-bound, not host-bound)",
-        "cold_start": "paying first-use cost (context creation / lazy module loading)",
+        "cold_start": f"paying first-use cost ({_first_launch(f)})",
         "on_cpu": "on-CPU inside the call (runtime/driver work on the host)",
+        "memory": "stalled in memory reclaim, compaction or major page faults",
     }[top["kind"]]
     who = ""
     if top["blockers"] and top["kind"] in ("off_cpu", "io", "sync_wait"):
         b = top["blockers"][0]
         verb = {"off_cpu": "by", "io": "issued by", "sync_wait": "queued by"}[top["kind"]]
         who = f", mostly {verb} {_blocker_text(b)}"
-    return f"{top['slow_calls']} of {n} slow {op} call(s) on {me} were {what} for {fmt_ns(avg)} on average{who}; {_split(f)}."
+    return f"{top['slow_calls']} of {n} slow {op} call(s) on {me} were {what} for {fmt_ns(avg)} on average{who}; {_split(f)}{_sampled(f, 'slow-call')}."
 
 
 def recommend(f: dict) -> list[str]:
@@ -99,7 +134,20 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
     if kind == "io":
         return [f"Move file I/O off {me}: read ahead in DataLoader workers or a background thread, or cache the data in memory / on faster storage."]
     if kind == "network":
+        peers = c.get("peers") or []
+        if peers:
+            p = peers[0]
+            return [
+                f"{me} waited on TCP retransmits to {p['peer']} ({p['retransmits']} during the slow calls): the path drops packets. "
+                "Check the link and NIC counters (`ip -s link`, `nstat TcpRetransSegs`), queue discipline and MTU, "
+                "and keep blocking network calls off the thread that drives the GPU."
+            ]
         return [f"Network waits on {me}: overlap communication with compute (async send/recv), and check TCP retransmits on the path."]
+    if kind == "memory":
+        return [
+            f"{me} stalled in memory reclaim / page faults: raise the cgroup's memory.high/memory.max or the job's memory, "
+            "cut the working set (smaller batches, release cached tensors), and avoid swapping the training process."
+        ]
     if kind == "syscall":
         return [f"Syscalls on {me} take this time: move them off the thread that drives the GPU."]
     if kind == "sync_wait":
@@ -109,16 +157,14 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
             "and profile the kernels themselves (Nsight Systems / Compute)."
         ]
     if kind == "cold_start":
+        what = f"the first launch of {_kernel_list(f)}" if f.get("kernels") else f"the first {op} calls"
         return [
-            f"The first {op} calls pay CUDA context creation / lazy module loading: run a warm-up step before timing, "
+            f"{what[0].upper()}{what[1:]} pay{'s' if f.get('kernel') else ''} CUDA context creation / lazy module loading: run a warm-up step before timing, "
             "or set CUDA_MODULE_LOADING=EAGER to pay it once at start-up."
         ]
     if kind == "on_cpu":
         if f["kind"] == "gap":
-            return [
-                f"{me} computes on the CPU between GPU steps: move preprocessing to DataLoader workers (num_workers > 0, "
-                "pin_memory=True, persistent_workers=True) so the training thread only feeds the GPU; `whyprobe stacks` shows what it runs."
-            ]
+            return [_gap_on_cpu_fix(c, me)]
         if any(w in op for w in _COPY_WORDS):
             size = f" ({fmt_bytes(f['bytes'])} per call)" if f.get("bytes") else ""
             return [f"{op}{size} runs on the host CPU: copy from pinned memory (pin_memory=True / cudaHostAlloc) so the DMA engine does it asynchronously."]
@@ -129,3 +175,29 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
         f"{fmt_ns(c['explained_ns'])} of {op} on {me} is not covered by any recorded evidence: "
         "record with `whyprobe trace --stack` and the sched/block/net probes to explain it."
     ]
+
+
+def _gap_on_cpu_fix(c: dict, me: str) -> str:
+    """Advice that follows the samples: DataLoader only when the thread was seen loading data."""
+    frames = c.get("frames") or []
+    if not c.get("samples"):
+        # No samples to go by (a trace recorded without them, an Ingero file, the live view).
+        return (
+            f"{me} computes on the CPU between GPU steps, and no on-CPU sample says what: `whyprobe stacks --on-cpu` shows it "
+            "for traces recorded by `whyprobe trace` (sampling is on by default). If it is data preprocessing, "
+            "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True) so the thread only feeds the GPU."
+        )
+    if c.get("data_loading_share", 0) >= DATA_LOADING_SHARE:
+        return (
+            f"{me} loads and prepares data itself between GPU steps ({100 * c['data_loading_share']:.0f}% of gap samples in data-loading code): "
+            "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True, prefetch_factor) so batches are ready."
+        )
+    if not frames:
+        return f"{me} computes on the CPU between GPU steps in code without symbols: `whyprobe stacks --on-cpu` shows the raw stacks."
+    top = frames[0]
+    return (
+        f"{me} runs `{top['function']}` ({frame_where(top) or 'no file'}, {100 * top['share']:.0f}% of gap samples) between GPU steps while the GPU waits: "
+        "take it off the GPU's critical path: overlap it with GPU work (queue the next step's kernels before computing it), "
+        "move it to another thread or process, or batch it (one vectorized call per step instead of per item, or on the GPU). "
+        "`whyprobe stacks --on-cpu` shows the full stacks."
+    )

@@ -53,9 +53,11 @@ struct {
 	__type(value, struct wp_held);
 } held SEC(".maps");
 
-/* tid -> 1 between the entry and exit of an openat of a wanted file. */
+/* tid -> 1 between the entry and exit of an openat of a wanted file. A plain
+ * hash: an LRU may evict an entry before it is full, and a lost entry is a
+ * missed hold. Exit always deletes it. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, __u8);

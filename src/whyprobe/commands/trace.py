@@ -13,8 +13,9 @@ from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes
 from whyprobe.record.targets import check_out
 
-HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
+HOST_FAMILIES = ("proc", "sched", "block", "net", "mem", "syscalls", "profile")
 DEFAULT_RING = 16 << 20
+PAYLOAD_RING_MIN = 4 << 20  # ~45,000 paths of ~90 bytes
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -28,7 +29,9 @@ def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
         have = registry.available()
         names = ["cuda"] + [n for n in HOST_FAMILIES if n in have]
         explicit = False
-    if stack and "stacks" in registry.available() and "stacks" not in names:
+    # On-CPU samples carry stacks too: the stacks family symbolizes them (after profile, so it
+    # configures the Python frame walk of every object that includes it).
+    if (stack or "profile" in names) and "stacks" in registry.available() and "stacks" not in names:
         names.append("stacks")
     return names, explicit
 
@@ -72,10 +75,10 @@ def register(app: typer.Typer) -> None:
         all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
         out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
-        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,mem,syscalls,proc,profile,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),
+        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config); the payload ring (paths, argv, MCP bytes) is a quarter of it, at least 4MiB."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -98,12 +101,14 @@ def register(app: typer.Typer) -> None:
         ring_size = ring_bytes(ring) if ring else (cfg.storage.ring_size if cfg else DEFAULT_RING)
         if cfg and not probes:
             probes = ",".join(cfg.probes.families + (["custom"] if cfg.probes.uprobes or cfg.probes.tracepoints else []))
+        pid = _config_pids(cfg, list(pid), cmd, all_procs)
         check_targets(pid, cmd, args, "trace", all_procs=all_procs)
         check_out(out, force)
         if serve:
             from whyprobe.server.security import SecuritySettings, parse_bind, required_token
 
-            required_token(SecuritySettings(), parse_bind(serve)[0])  # refuse a tokenless public bind now, not later
+            settings = SecuritySettings(**cfg.security.settings_kwargs()) if cfg else SecuritySettings()
+            required_token(settings, parse_bind(serve)[0])  # refuse a tokenless public bind now, not later
         names, explicit = _family_names(probes, stack)
         from whyprobe import probes as registry
 
@@ -142,10 +147,12 @@ def register(app: typer.Typer) -> None:
             json_out=json_out,
             force=force,
             cfg=cfg,
+            config_path=config,
             metrics=metrics,
             explain=explain,
             serve=serve,
             warnings=warnings,
+            profile_required=explicit,
         )
 
 
@@ -158,10 +165,24 @@ def _load_config(path: Optional[Path]):
     return load_config(path)
 
 
+def _config_pids(cfg, pid: list[int], cmd: bool, all_procs: bool) -> list[int]:
+    """security.pid_filtering in a trace: a list names the targets when the command line names none;
+    true (record only the traced processes) cannot go with --all."""
+    if cfg is None:
+        return pid
+    filtering = cfg.security.pid_filtering
+    if filtering is True and all_procs:
+        raise CommandError("security.pid_filtering: true records only the traced processes; drop --all or set pid_filtering: false")
+    if isinstance(filtering, list) and filtering and not (pid or cmd or all_procs):
+        return list(filtering)
+    return pid
+
+
 def _apply_config(cfg, options) -> None:
     options.max_events_per_sec = int(cfg.storage.max_events_per_second or 0)
     options.max_db_mb = float(cfg.storage.max_db_mb or 0)
     options.retention_hours = float(cfg.storage.retention_hours or 0)
+    options.precision_ns = cfg.storage.precision_ms * 1_000_000
 
 
 def _observers(options, metrics: Optional[str], explain: bool):
@@ -195,10 +216,12 @@ def _run(
     json_out: bool,
     force: bool,
     cfg,
+    config_path: Optional[Path],
     metrics: Optional[str],
     explain: bool,
     serve: Optional[str],
     warnings: list[str],
+    profile_required: bool = False,
 ) -> None:
     import time
 
@@ -209,15 +232,27 @@ def _run(
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.record.capture import capture, remove_db, session_argv
+    from whyprobe.record.details import drops_where
     from whyprobe.record.session import TraceOptions
 
     stderr = Console(stderr=True)
-    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})
+    # The payload ring grows with --ring, so a larger event ring is not undone by a payload ring that fills first.
+    options = TraceOptions(ring_bytes=ring_bytes, payload_ring_bytes=max(PAYLOAD_RING_MIN, ring_bytes // 4), capture_stacks=stack,
+                           session_fields={"argv": session_argv()})
     if cfg:
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
-    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
+    fams = registry.families([n for n in names if n != "wire"], cuda={"libraries": cuda_libs}, custom=custom,
+                             profile={"required": profile_required})
+    recorder = None
+    if "wire" in names:
+        # The recorder, not the bare family: what the wire captures is decoded and stored
+        # (mcp_messages, tool_calls), beside the CUDA, scheduler and syscall events.
+        from whyprobe.record.wire import WireRecorder
+
+        recorder = WireRecorder(ignore_pids={os.getpid()})
+        fams.append(recorder)
     if force:
         remove_db(out)
     reported: set[str] = set()
@@ -228,9 +263,6 @@ def _run(
 
     def started(session, more: list[str]) -> None:
         nonlocal stop_metrics, server
-        # Scripts and tests wait for this line instead of sleeping (also under --quiet/--json).
-        sys.stderr.write("whyprobe: ready (probes attached)\n")
-        sys.stderr.flush()
         if exporter is not None:
             stop_metrics = exporter.serve(metrics)
         if serve:
@@ -238,7 +270,8 @@ def _run(
             # `whyprobe mcp --http`, with its security rules, never slowing the drain.
             import subprocess
 
-            server = subprocess.Popen([sys.executable, "-m", "whyprobe", "mcp", "--db", str(out), "--http", "--bind", serve])
+            argv = [sys.executable, "-m", "whyprobe", "mcp", "--db", str(out), "--http", "--bind", serve]
+            server = subprocess.Popen(argv + (["--config", str(config_path)] if config_path else []))
             if not quiet and not json_out:
                 stderr.print(f"Serving this trace over MCP at http://{serve}/mcp", highlight=False)
         if not quiet and not json_out:
@@ -249,7 +282,7 @@ def _run(
         nonlocal next_explain
         if exporter is not None:
             drops = session.snapshot().drops
-            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0))
+            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0), payload=drops.get("payload", 0))
         if explainer is not None and time.monotonic() >= next_explain and not json_out:
             next_explain = time.monotonic() + 1.0
             for f in explainer.findings():
@@ -276,30 +309,49 @@ def _run(
             server.terminate()
             server.wait(10)
     summary, child_status = result.summary, result.command_status
+    if recorder is not None and recorder.calls:
+        from whyprobe.analyze import footprint
 
-    if cfg is not None and cfg.storage.backend == "duckdb":
+        footprint.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
+
+    if cfg is not None and cfg.storage.backend in ("duckdb", "columnar"):
         from whyprobe.export.duckdb_backend import to_duckdb
 
         to_duckdb(out, out.with_suffix(".duckdb"))
         if not json_out:
-            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: duckdb)")
+            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: {cfg.storage.backend})")
+    if explainer is not None:
+        from whyprobe.analyze.explain import trace_names
+        from whyprobe.store.reader import open_trace
+
+        with open_trace(out) as db:
+            explainer.finish(trace_names(db))
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
+        if recorder is not None:
+            doc.update(mcp_messages=recorder.messages_written, tool_calls=len(recorder.calls))
         if explainer is not None:
             doc["findings"] = explainer.findings()
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
-    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
+    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped"
+    line += f", {recorder.messages_written:,} MCP messages, {len(recorder.calls):,} tool calls)" if recorder is not None else ")"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
+        where = drops_where(summary.by_family, summary.by_cpu, "events")
+        line += f" ({where})" if where else ""
+    if summary.payload_drops:
+        where = drops_where(summary.by_family, summary.by_cpu, "payloads")
+        line += (f" - {summary.payload_drops:,} payload records lost ({where}): {summary.details_lost:,} events stored"
+                 " without their path/argv/address")
     print(line)
     if quiet:
         return
     if child_status is not None:
         print(f"Command exited with status {child_status}")
     if explainer is not None:
+        # All of them, most costly first: the live lines above came as evidence settled.
         for f in explainer.findings():
-            if f["id"] not in reported:
-                print(f"finding ({f['severity']}): {f['summary']}")
+            print(f"finding ({f['severity']}): {f['summary']}")
     print(f"Next: whyprobe stats {out}\n      whyprobe explain {out}")

@@ -2,8 +2,9 @@
 
 Only what whyprobe needs: open an object, set rodata, choose programs, reuse
 and resize maps, load (with the verifier log in the error), attach
-tracepoints / raw tracepoints / uprobes, and uprobe_multi through the raw
-bpf(2) syscall (Debian's libbpf 1.1 predates bpf_program__attach_uprobe_multi).
+tracepoints / raw tracepoints / uprobes / perf events (opened by
+kernel/perf.py), and uprobe_multi through the raw bpf(2) syscall (Debian's
+libbpf 1.1 predates bpf_program__attach_uprobe_multi).
 Pointer APIs return NULL + errno and int APIs -errno; both become BpfError.
 """
 
@@ -93,7 +94,9 @@ bpf_program__fd = _fn("bpf_program__fd", _int, _vp)
 bpf_program__attach = _fn("bpf_program__attach", _vp, _vp)
 bpf_program__attach_tracepoint_opts = _fn("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, _vp)
 bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", _vp, _vp, _cp)
+bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", _vp, _vp, _int)
 bpf_program__attach_uprobe_opts = _fn("bpf_program__attach_uprobe_opts", _vp, _vp, _int, _cp, _sz, _vp)
+bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", _int, _int, _vp, ct.POINTER(_u32))
 bpf_map__name = _fn("bpf_map__name", _cp, _vp)
 bpf_map__fd = _fn("bpf_map__fd", _int, _vp)
 bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", _int, _vp, _u32)
@@ -107,6 +110,7 @@ bpf_map_update_elem = _fn("bpf_map_update_elem", _int, _int, _vp, _vp, ct.c_uint
 bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 bpf_map_delete_elem = _fn("bpf_map_delete_elem", _int, _int, _vp)
 bpf_map_get_next_key = _fn("bpf_map_get_next_key", _int, _int, _vp, _vp)
+bpf_map_lookup_batch = _fn("bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, ct.POINTER(_u32), _vp)
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", _int, _int, _vp)
 btf__find_by_name_kind = _fn("btf__find_by_name_kind", ct.c_int32, _vp, _cp, _u32)
 btf__type_by_id = _fn("btf__type_by_id", _vp, _vp, _u32)
@@ -246,6 +250,28 @@ def map_delete(fd: int, key: bytes) -> None:
     rc = bpf_map_delete_elem(fd, k)
     if rc < 0 and -rc != errno_mod.ENOENT:
         raise BpfError("map delete", f"fd {fd}", -rc)
+
+
+def map_items(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+    """Every (key, value) of a hash map, `chunk` entries per syscall (BPF_MAP_LOOKUP_BATCH):
+    (all keys back to back, all values back to back, count). A map iterated one key
+    at a time costs two syscalls an entry, ~30 ms for 65,536 entries."""
+    keys, values = [], []
+    in_batch, out_batch = None, ct.create_string_buffer(max(key_size, 8))
+    kbuf, vbuf = ct.create_string_buffer(key_size * chunk), ct.create_string_buffer(value_size * chunk)
+    total = 0
+    while True:
+        count = _u32(chunk)
+        rc = bpf_map_lookup_batch(fd, in_batch, out_batch, kbuf, vbuf, ct.byref(count), None)
+        n = count.value
+        if rc < 0 and -rc != errno_mod.ENOENT:
+            raise BpfError("map batch lookup", f"fd {fd}", -rc)
+        keys.append(kbuf.raw[: n * key_size])
+        values.append(vbuf.raw[: n * value_size])
+        total += n
+        if rc < 0:  # ENOENT: that was the last batch
+            return b"".join(keys), b"".join(values), total
+        in_batch = ct.create_string_buffer(out_batch.raw, len(out_batch.raw))
 
 
 def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
@@ -485,6 +511,15 @@ class BpfObject:
     def attach_raw_tracepoint(self, prog: str, event: str) -> Link:
         ptr = bpf_program__attach_raw_tracepoint(self._prog(prog), event.encode())
         return self._keep(Link(prog, ptr=_check_ptr(ptr, "attach raw tracepoint", event)))
+
+    def attach_perf_event(self, prog: str, perf_fd: int) -> Link:
+        """Run `prog` on every sample of the perf event `perf_fd`; the link owns the fd (destroy closes it)."""
+        ptr = bpf_program__attach_perf_event(self._prog(prog), perf_fd)
+        if not ptr:
+            err = _err()
+            os.close(perf_fd)
+            raise BpfError("attach perf_event", prog, err)
+        return self._keep(Link(prog, ptr=ptr))
 
     def _multi_attach_type(self, prog: str) -> int:
         return BPF_TRACE_UPROBE_SESSION if prog in self._session_uprobes else BPF_TRACE_UPROBE_MULTI

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
@@ -182,7 +183,7 @@ def _runpath(executable: str) -> list[str]:
                         origin = os.path.dirname(os.path.realpath(executable))
                         dirs += [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for d in raw.split(":") if d]
                 return dirs
-    except Exception:  # not an ELF (a script): no RUNPATH
+    except (ELFError, OSError):  # not an ELF (a script), or unreadable: no RUNPATH
         return []
     return []
 
@@ -249,3 +250,17 @@ def resolve_for_command(argv: list[str], env: dict[str, str] | None = None) -> t
         for p in _cuda_in_dir(d):
             _add(hits, p, "system")
     return list(hits.values()), searched
+
+
+def command_executables(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """Real paths of the ELF files a command will run: its executable and, for a `#!` script
+    (npx, an agent's launcher), the interpreter it names."""
+    env = dict(os.environ if env is None else env)
+    exe = _which(argv[0], env) if argv else None
+    if exe is None:
+        return []
+    found = [exe]
+    interpreter = _interpreter_of(exe)
+    if interpreter:
+        found.append(interpreter)
+    return list(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isfile(p)))

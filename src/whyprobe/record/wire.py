@@ -11,8 +11,9 @@ SETTLE_S or until the end of the capture.
 
 Ids continue after those already in the database, so repeated captures into
 one `--out` file never collide. Processes enrolled later (children found by
-fork tracking, or auto-detected by the kernel's sniffing) get their OpenSSL
-probed at the next tick.
+fork tracking, or auto-detected by the kernel's sniffing) and files mapped
+later (an exec into node, a dlopen'd libssl) get their OpenSSL probed at the
+next tick.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
+import numpy as np
+
 from whyprobe.kernel.loader import ProbeSet
+from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.mcpwire.message import McpMessage, ToolCall
 from whyprobe.mcpwire.pipeline import WirePipeline
 from whyprobe.mcpwire.reassembly import WIRE_KINDS
@@ -118,7 +122,6 @@ class WireRecorder:
         self.calls: list[tuple[int, ToolCall]] = []  # (tool_calls.id, call) in order
         self.sniffed: set[int] = set()
         self.snapshots: list[ToolSnapshot] = []  # every tools/list snapshot stored (new or changed)
-        self._tls_seen: set[int] = set()
         self._probes: ProbeSet | None = None
 
     def bind(self, writer_of: Callable[[], object]) -> None:
@@ -128,28 +131,26 @@ class WireRecorder:
     # ---- ProbeFamily ---------------------------------------------------------------
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        from whyprobe.store.writer import clock_offset_ns
-
         self._probes = probes
         self.pipeline = WirePipeline(
             max_message_bytes=self._max,
             capture_cap=self._max,
-            ts_offset_ns=clock_offset_ns(),
+            ts_offset_ns=probes.clock_offset_ns,
             comm_of=lambda pid: _proc_text(pid, "comm"),
             cmdline_of=lambda pid: _proc_text(pid, "cmdline"),
             previous_snapshots=self._previous,
         )
-        warnings = self.family.attach(probes, targets)
-        self._tls_seen.update(targets.pids)
-        return warnings
+        return self.family.attach(probes, targets)
 
     def on_batch(self, records: object) -> None:
         return None
 
-    def on_payloads(self, payloads: list) -> None:
+    def on_payloads(self, payloads: PayloadBatch) -> None:
         """Reader thread: decode, tell observers at once, keep rows until they settle."""
         now = time.monotonic()
         out: list[McpMessage] = []
+        # Paths and argv of the host families share the ring: leave them out in one numpy call.
+        payloads = payloads.select(np.isin(payloads.hdr["kind"], WIRE_KINDS))
         with self._lock:
             for hdr, data in payloads:
                 if int(hdr["kind"]) not in WIRE_KINDS:
@@ -165,13 +166,12 @@ class WireRecorder:
         self._settle(now - SETTLE_S)
 
     def tick(self, pids: list[int]) -> list[str]:
-        """Caller's thread: probe OpenSSL in processes enrolled since, write settled rows."""
+        """Caller's thread: probe OpenSSL in files the processes mapped since (new children, an exec
+        into node, a dlopen'd libssl), write settled rows."""
         if self.ignore_pids and self._probes is not None:
             for pid in self.ignore_pids & self.sniffed:
                 self._probes.remove_target(pid)  # our own output must never feed the capture
-        new = [p for p in {*pids, *self.sniffed} if p not in self._tls_seen and p not in self.ignore_pids]
-        self._tls_seen.update(new)
-        warnings = self.family.attach_tls(new) if new and self.family.tls else []
+        warnings = self.family.tick(sorted({*pids, *self.sniffed} - self.ignore_pids))
         self._settle(time.monotonic() - SETTLE_S)
         return warnings
 
@@ -226,7 +226,7 @@ class WireRecorder:
         for m in msgs:
             try:
                 self.on_message(m)
-            except Exception as exc:  # a broken console must not stop the capture
+            except OSError as exc:  # a broken console (closed pipe) must not stop the capture
                 log.warning("message observer failed: %s", exc)
 
     def _settle(self, before: float, writer: object = None) -> None:
