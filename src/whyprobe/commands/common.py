@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from whyprobe.errors import CommandError
+from whyprobe.errors import CommandError, UsageError
 from whyprobe.record.targets import can_trace, check_pids
 from whyprobe.units import UnitError, parse_duration_ns, parse_size
 
@@ -18,14 +18,14 @@ def duration_s(text: Optional[str]) -> Optional[float]:
     try:
         return parse_duration_ns(text) / 1e9
     except UnitError as exc:
-        raise CommandError(f"Invalid --duration {text!r}: {exc}") from None
+        raise UsageError(f"Invalid --duration {text!r}: {exc}") from None
 
 
 def ring_bytes(text: str) -> int:
     try:
         size = parse_size(text)
     except UnitError as exc:
-        raise CommandError(f"Invalid --ring {text!r}: {exc}") from None
+        raise UsageError(f"Invalid --ring {text!r}: {exc}") from None
     if size < 4096:
         raise CommandError(f"Invalid --ring {text!r}: at least 4KiB")
     return size
@@ -35,7 +35,7 @@ def message_cap(text: str) -> int:
     try:
         cap = parse_size(text)
     except UnitError as exc:
-        raise CommandError(f"Invalid --max-message {text!r}: {exc}") from None
+        raise UsageError(f"Invalid --max-message {text!r}: {exc}") from None
     if not 0 < cap <= MAX_CAPTURE:
         raise CommandError(f"Invalid --max-message {text!r}: between 1 byte and 4MiB (what the kernel copies per call)")
     return cap

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from whyprobe.errors import CommandError
+from whyprobe.errors import CommandError, UsageError
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _OFFSET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
@@ -26,12 +26,12 @@ def resolve_bound(text: str | None, first_ns: int, option: str) -> int | None:
     if text.strip().isdigit():
         value = int(text)
         if value < _RAW_NS_MIN:
-            raise CommandError(f"{option} {text}: a bare number is read as unix ns; for an offset into the trace add a unit, e.g. {text}s")
+            raise UsageError(f"{option} {text}: a bare number is read as unix ns; for an offset into the trace add a unit, e.g. {text}s")
         return value
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise CommandError(
+        raise UsageError(
             f"{option} {text!r}: expected an offset into the trace (10s, 500ms, 2m), an ISO time (2026-03-20T14:06:20) or unix ns"
         ) from None
     return int(round(when.timestamp() * 1e9)) if when.tzinfo else int(round(when.astimezone().timestamp() * 1e9))

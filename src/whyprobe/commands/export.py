@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from whyprobe.errors import CommandError
+from whyprobe.errors import CommandError, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
             try:
                 min_ns = parse_duration_ns(min_duration, bare_unit="ms")
             except UnitError as exc:
-                raise CommandError(f"--min-duration {min_duration!r}: {exc}", exit_code=2) from None
+                raise UsageError(f"--min-duration {min_duration!r}: {exc}") from None
         out = next(v for v in (perfetto, chrome, parquet, duckdb) if v is not None) if otlp is None else None
         if out is not None:
             from whyprobe.export.files import check_target
