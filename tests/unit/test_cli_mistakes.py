@@ -84,3 +84,35 @@ def test_version_and_no_traceback_from_the_console_script() -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, f"whyprobe {__version__}\n", "")
     done = subprocess.run([sys.executable, "-m", "whyprobe", "stats", "t.db", "--bogus"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", "whyprobe: No such option: --bogus. Try 'whyprobe stats --help'.\n")
+
+
+@pytest.fixture(scope="module")
+def replay_db(tmp_path_factory):
+    from whyprobe.demo import scenarios
+
+    return scenarios.run_replay("cpu-contention", tmp_path_factory.mktemp("replay") / "t.db")
+
+
+@pytest.mark.parametrize("name", ["explain", "stacks"])
+def test_unknown_op_names_the_ops_the_trace_has(name, replay_db, capsys) -> None:
+    # GIVEN a 2 s recording of a launch loop WHEN --op is a typo THEN no "No findings": one line listing its ops
+    assert main([name, str(replay_db), "--op", "nosuchop"]) == 2
+    extra = "gpu_idle, " if name == "explain" else ""
+    assert _one_line(capsys) == (
+        f"whyprobe: unknown op 'nosuchop'; the ops in {replay_db}: cudaDeviceSynchronize, cudaLaunchKernel, {extra}"
+        f"process_exit, sched_switch. Try 'whyprobe {name} --help'."
+    )
+
+
+def test_an_op_absent_from_the_trace_is_not_a_typo(replay_db, capsys) -> None:
+    assert main(["explain", str(replay_db), "--op", "cudaMalloc", "--no-store"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "window, asked",
+    [(["--since", "10s", "--until", "40s"], "--since 10s --until 40s"), (["--since", "3s"], "--since 3s"), (["--until", "1000000000000000000"], "--until 1000000000000000000")],
+)
+def test_explain_window_outside_the_trace_is_one_line(window, asked, replay_db, capsys) -> None:
+    assert main(["explain", str(replay_db), *window, "--no-store"]) == 1
+    assert _one_line(capsys) == f"whyprobe: {asked} is outside the trace, which covers 0s .. 2.0s (from its first event)"

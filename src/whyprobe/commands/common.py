@@ -46,6 +46,17 @@ def payload_ring_bytes(cap: int) -> int:
     return 1 << max(22, (4 * cap - 1).bit_length())
 
 
+def check_op(op: str | None, trace, *extra: str) -> None:
+    """An --op no source defines is a typo, not an empty result: say so and name the ops the trace has."""
+    if op is None:
+        return
+    names = trace.op_names()
+    if op in set(names.values()) | set(extra):
+        return
+    present = {names.get(key, f"{key[0]}:{key[1]}") for key in trace.conn.execute("SELECT DISTINCT source, op FROM events")}
+    raise UsageError(f"unknown op {op!r}; the ops in {trace.path}: {', '.join(sorted(present | set(extra))) or 'none (no events)'}")
+
+
 def check_targets(pid: list[int], cmd: bool, args: list[str], name: str, *, all_procs: bool = False) -> None:
     """--pid / --cmd / --all consistency, privileges and pids, before any work."""
     if cmd and not args:

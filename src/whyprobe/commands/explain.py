@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from whyprobe.commands.common import check_op
 from whyprobe.errors import CommandError, UsageError
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
@@ -37,6 +38,14 @@ def resolve_bound(text: str | None, first_ns: int, option: str) -> int | None:
     return int(round(when.timestamp() * 1e9)) if when.tzinfo else int(round(when.astimezone().timestamp() * 1e9))
 
 
+def _check_window(since: str | None, until: str | None, since_ns: int | None, until_ns: int | None, first: int, last: int) -> None:
+    """A window that misses the trace would report "no findings" about time nothing was recorded in."""
+    outside = (since_ns is not None and since_ns >= last) or (until_ns is not None and until_ns <= first)
+    if outside and last > first:
+        asked = " ".join(part for part in (f"--since {since}" if since else "", f"--until {until}" if until else "") if part)
+        raise CommandError(f"{asked} is outside the trace, which covers 0s .. {(last - first) / 1e9:.1f}s (from its first event)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("explain")
     def explain_cmd(
@@ -63,12 +72,15 @@ def register(app: typer.Typer) -> None:
         if min_severity not in ("low", "medium", "high"):
             raise CommandError(f"--min-severity {min_severity!r}: use low, medium or high")
         with open_trace(db) as trace:
-            row = trace.conn.execute("SELECT MIN(timestamp) FROM events").fetchone()
+            check_op(op, trace, "gpu_idle")
+            row = trace.conn.execute("SELECT MIN(timestamp), MAX(timestamp + MAX(duration, 0)) FROM events").fetchone()
             first = int(row[0]) if row and row[0] is not None else 0
+            last = int(row[1]) if row and row[1] is not None else 0
             since_ns = resolve_bound(since, first, "--since")
             until_ns = resolve_bound(until, first, "--until")
             if since_ns is not None and until_ns is not None and until_ns <= since_ns:
                 raise CommandError(f"--until must be after --since (got {since} .. {until})")
+            _check_window(since, until, since_ns, until_ns, first, last)
             doc = explain(trace, since_ns=since_ns, until_ns=until_ns, pid=pid, op=op, min_severity=min_severity)
             flavor = trace.flavor
         if json_out:

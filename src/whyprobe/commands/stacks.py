@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from whyprobe.commands.common import check_op
 from whyprobe.errors import CommandError
 
 
@@ -33,8 +34,7 @@ def register(app: typer.Typer) -> None:
         if limit < 1:
             raise CommandError(f"--limit must be at least 1 (got {limit})")
         with open_trace(db) as trace:
-            if op is not None and op not in set(trace.op_names().values()):
-                raise CommandError(f"unknown op {op!r} in {db}; see `whyprobe stats {db}` for the ops it has")
+            check_op(op, trace)
             if folded:
                 sys.stdout.write(folded_lines(trace, op))
                 return
