@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from whyprobe.errors import CommandError, UsageError
@@ -67,5 +68,10 @@ def check_targets(pid: list[int], cmd: bool, args: list[str], name: str, *, all_
     if sum((bool(pid), cmd, all_procs)) > 1:
         raise CommandError("Choose one of --pid, --cmd or --all" if name == "trace" else "Choose one of --pid or --cmd")
     if not can_trace():
+        if os.geteuid() == 0:
+            raise CommandError(
+                f"whyprobe {name} needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): this process is root "
+                "but its capabilities are dropped (capsh --drop, setpriv, a container); run it with them"
+            )
         raise CommandError(f"whyprobe {name} needs root (or CAP_BPF+CAP_PERFMON): run with sudo")
     check_pids(pid)
