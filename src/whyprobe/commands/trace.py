@@ -108,6 +108,11 @@ def register(app: typer.Typer) -> None:
         from whyprobe import probes as registry
 
         registry.families([n for n in names if n != "cuda"])  # unknown names fail here, before any work
+        if "custom" in names and not (cfg and (cfg.probes.uprobes or cfg.probes.tracepoints)):
+            raise CommandError(
+                "--probes custom needs custom probes: list probes.uprobes or probes.tracepoints in a config file "
+                "and pass it with --config (see `whyprobe config --example`)"
+            )
 
         from whyprobe.probes import libs as libsearch
 
