@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 from whyprobe.errors import CommandError, UsageError
 from whyprobe.record.targets import can_trace, check_pids
@@ -45,6 +47,24 @@ def message_cap(text: str) -> int:
 def payload_ring_bytes(cap: int) -> int:
     """Room for a whole message at both ends (writer and reader) twice over, between two drains."""
     return 1 << max(22, (4 * cap - 1).bit_length())
+
+
+@contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """With --json, stdout carries one JSON document: while recording, what lands on fd 1 (the
+    launched program's output, which inherits it) goes to stderr instead."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def check_op(op: str | None, trace, *extra: str) -> None:

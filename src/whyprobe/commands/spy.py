@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes
+from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 
@@ -113,7 +113,8 @@ def _spy(out, jsonl, cap, seconds, baseline, pairs, tls, quiet, json_out, pids, 
     db = out if out is not None else scratch_db()
     options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
     try:
-        result = capture(db, [ProcFamily(), recorder], TargetSpec(pids=pids), options, args, seconds, until_idle=not auto)
+        with stdout_to_stderr(json_out):
+            result = capture(db, [ProcFamily(), recorder], TargetSpec(pids=pids), options, args, seconds, until_idle=not auto)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
     finally:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.commands.common import check_targets, duration_s, ring_bytes
+from whyprobe.commands.common import check_targets, duration_s, ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
@@ -267,8 +267,9 @@ def _run(
             return LiveView(session.snapshot, str(out), stderr)
 
     try:
-        result = capture(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options, cmd, seconds,
-                         on_started=started, on_tick=observe, view=view)
+        with stdout_to_stderr(json_out):
+            result = capture(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options, cmd, seconds,
+                             on_started=started, on_tick=observe, view=view)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
     finally:
