@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
                 _run_live(sc, path, seconds, overwrite)
             else:
                 scenarios.run_replay(sc.name, path, force=overwrite)
-                print(f"No eBPF here ({reason}): replaying a recording of {sc.name} made on {scenarios.origin(path)}")
+                why = "Replaying as asked (--replay):" if replay else f"No eBPF here ({reason}): replaying"
+                print(f"{why} a recording of {sc.name} made on {scenarios.origin(path)}")
                 print(f"Wrote {path} (replay of a recorded run)")
         except CommandError:
             raise
