@@ -21,11 +21,14 @@ from whyprobe.record.targets import check_out
 
 
 def tool_flags(snapshots: list) -> list[dict]:
-    """Tools whose description or schema text matches a prompt-injection pattern, with evidence."""
-    return [
-        {"server": s.server, "tool_name": s.tool_name, "flags": [f.to_dict() for f in s.flags]}
-        for s in snapshots if s.flags
-    ]
+    """Tools whose description or schema text matches a prompt-injection pattern, with evidence:
+    one entry per (server, tool), each finding once however often tools/list returned it."""
+    tools: dict[tuple[str, str], dict[tuple, dict]] = {}
+    for s in snapshots:
+        for f in s.flags:
+            d = f.to_dict()
+            tools.setdefault((s.server, s.tool_name), {}).setdefault(tuple(sorted((k, str(v)) for k, v in d.items())), d)
+    return [{"server": server, "tool_name": name, "flags": list(flags.values())} for (server, name), flags in tools.items()]
 
 
 def report_tools(console, drifts: list, flagged: list[dict]) -> None:
