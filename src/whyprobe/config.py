@@ -165,7 +165,8 @@ class StorageConfig(_Section):
     retention_hours: Hours = Field(0, description="Prune events older than this (hours, or e.g. 90m); 0 keeps all.")
     max_events_per_second: int = Field(0, ge=0, description="Keep at most this many events/s (counted as rate drops); 0 = no cap.")
     max_db_mb: Megabytes = Field(0, description="Prune oldest events beyond this database size (MiB); 0 = no limit.")
-    ring_size: Bytes = Field("64MiB", description=f"Kernel ring buffer size: {SIZE_FORM}, a power of two.")
+    # The one default: `trace` without --config and without this key uses it too.
+    ring_size: Bytes = Field("16MiB", description=f"Kernel ring buffer size: {SIZE_FORM}, a power of two.")
 
     @model_validator(mode="after")
     def _check(self) -> "StorageConfig":

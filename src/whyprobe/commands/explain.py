@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Why calls were slow and the GPU idle: kernel evidence, blockers and fixes.
 
+        \b
           whyprobe explain t.db
-          whyprobe explain t.db --since 10s --until 20s --json
+          whyprobe explain t.db --since 500ms --until 1500ms --json
           whyprobe explain t.db --op cudaLaunchKernel --min-severity medium
         """
         from whyprobe.analyze.explain import explain, store_findings

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
         \b
           whyprobe export t.db --perfetto t.pftrace
-          whyprobe export t.db --otlp http://127.0.0.1:4318 --min-duration 1ms
+          whyprobe export t.db --otlp http://127.0.0.1:4318 --min-duration 1ms  # not run here: needs an OTLP collector
           whyprobe export t.db --parquet t-parquet/
         """
         from whyprobe.store.reader import open_trace

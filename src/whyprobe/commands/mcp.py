@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve a trace to AI agents over MCP, read-only (stdio by default).
 
+        \b
           whyprobe mcp --db t.db
           WHYPROBE_MCP_TOKEN=s3cret whyprobe mcp --db t.db --http --bind 0.0.0.0:8755
         """

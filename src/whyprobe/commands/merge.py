@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Merge per-node databases: every event gets its node; timestamps go onto one clock.
 
+        \b
           whyprobe merge node-01.db node-02.db node-03.db --out fleet.db
           whyprobe query fleet.db "SELECT node, COUNT(*) FROM events GROUP BY node"
         """

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Most frequent call stacks per op, or folded lines for a flamegraph.
 
+        \b
           whyprobe stacks t.db --op cudaLaunchKernel
           whyprobe stacks t.db --folded | flamegraph.pl > f.svg
         """

@@ -9,12 +9,13 @@ from typing import List, Optional
 
 import typer
 
+from whyprobe.config import StorageConfig
 from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
-DEFAULT_RING = 16 << 20
+DEFAULT_RING = StorageConfig().ring_size
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
         probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config)."),
+        ring: Optional[str] = typer.Option(None, "--ring", help=f"Event ring buffer size (default {DEFAULT_RING >> 20}MiB, or storage.ring_size of --config)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         \b
           sudo whyprobe trace --cmd -- python train.py
-          sudo whyprobe trace --pid 1234 --duration 30s --out t.db
+          sudo whyprobe trace --pid $(pgrep -f vllm) --duration 30s --out t.db
           whyprobe explain t.db
         """
         args = list(args or [])
