@@ -58,6 +58,11 @@ class Step:
     def quoted(self) -> list[str]:
         return re.findall(r'"([^"]+)"', self.comment)
 
+    @property
+    def skip(self) -> str | None:
+        m = re.search(r"not run here:\s*(.+)", self.comment, re.IGNORECASE)
+        return m.group(1).strip() if m else None
+
 
 @dataclass
 class Example:
@@ -66,11 +71,9 @@ class Example:
 
     @property
     def skip(self) -> str | None:
-        for step in self.steps:
-            m = re.search(r"not run here:\s*(.+)", step.comment, re.IGNORECASE)
-            if m:
-                return m.group(1).strip()
-        return None
+        """Why none of its steps runs here, when each is marked."""
+        reasons = [step.skip for step in self.steps]
+        return "; ".join(reasons) if all(reasons) else None
 
     @property
     def id(self) -> str:
@@ -117,7 +120,8 @@ def _console_steps(block: str) -> list[Step]:
 
 
 def help_examples() -> list[Example]:
-    """The example lines of `whyprobe --help` and of each command's --help."""
+    """The example lines of `whyprobe --help` and of each command's --help: one example per help
+    text, its lines run in order (they read as a workflow: import, then explain the result)."""
     import typer
 
     from whyprobe.commands import build_app
@@ -125,7 +129,8 @@ def help_examples() -> list[Example]:
     group = typer.main.get_command(build_app())
     texts = [("whyprobe --help", group.help or "")]
     texts += [(f"whyprobe {name} --help", cmd.help or "") for name, cmd in sorted(group.commands.items())]
-    return [Example(where, [Step(line.strip())]) for where, text in texts for line in text.splitlines() if COMMAND.match(line.strip())]
+    examples = [Example(where, [Step(line.strip()) for line in text.splitlines() if COMMAND.match(line.strip())]) for where, text in texts]
+    return [e for e in examples if e.steps]
 
 
 def words(command: str) -> list[str]:

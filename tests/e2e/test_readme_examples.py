@@ -92,8 +92,10 @@ def seed(tmp_path_factory, tls_cert) -> Path:
     notes = mcp.write_notes(ws / "notes")
     client = " ".join(f'"{a}"' for a in mcp.client_command(notes))
     _script(bin_dir / "claude-code", f"#!/bin/sh\nexec {client}\n")
-    _script(bin_dir / "vllm", f'#!/bin/sh\nexec "{py}" "{ws / "train.py"}" --forever\n')
-    _script(bin_dir / "mcp-server-git", f'#!/bin/sh\necho ready >&2\nexec "{py}" "{mcp.SERVER}" "{notes}"\n')
+    # Python scripts named like the real programs, so that `pgrep -f NAME` matches their command line.
+    run_as = "#!{py}\nimport runpy, sys\n{ready}sys.argv = {argv!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    _script(bin_dir / "vllm", run_as.format(py=py, ready="", argv=[str(ws / "train.py"), "--forever"]))
+    _script(bin_dir / "mcp-server-git", run_as.format(py=py, ready="print('ready', file=sys.stderr, flush=True)\n", argv=[str(mcp.SERVER), str(notes)]))
     _script(bin_dir / "flamegraph.pl", f"#!{py}\n{FLAMEGRAPH}")
     (ws / "train.py").write_text(TRAIN)
     for agent in ("my_agent.py", "agent.py"):
@@ -101,10 +103,10 @@ def seed(tmp_path_factory, tls_cert) -> Path:
     shutil.copy(SHARED_DATA / "pytorch-dataloader-starvation.db", ws / "ingero.db")
     for n in (1, 2, 3):
         shutil.copy(SHARED_DATA / f"sample-gpu-node-0{n}.db", ws / f"node-0{n}.db")
-    shutil.copy(SHARED_DATA / "seed-config.yaml", ws / "whyprobe.yaml")
     shutil.copy(tls_cert[0], ws / "c.pem")
     shutil.copy(tls_cert[1], ws / "k.pem")
-    for line in ("whyprobe trace --stack --out t.db --cmd -- python train.py", "whyprobe demo mcp-tool --replay --out footprint.db"):
+    for line in ("whyprobe trace --stack --out t.db --cmd -- python train.py", "whyprobe demo mcp-tool --replay --out footprint.db",
+                 "whyprobe config --example > whyprobe.yaml"):
         done = subprocess.run(["bash", "-c", line], cwd=ws, env=_env(ws), capture_output=True, text=True, timeout=DEADLINE_S)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
     shutil.copy(ws / "footprint.db", ws / "mcp.db")
@@ -171,7 +173,8 @@ def _run_http(line: str, ws: Path, sub: str, argv: list[str]) -> tuple[int, str,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    return proc.returncode, out, err
+    # Stopped by Ctrl-C: a clean exit, or death by the re-raised SIGINT (uvicorn's way), 128 + 2 in bash.
+    return (0 if proc.returncode == 130 else proc.returncode), out, err
 
 
 def _run_stdio(line: str, ws: Path) -> tuple[int, str, str]:
@@ -226,6 +229,8 @@ def test_example_runs_and_says_what_it_claims(example: rx.Example, seed: Path, t
     ws = tmp_path / "ws"
     shutil.copytree(seed, ws, symlinks=True)
     for step in example.steps:
+        if step.skip:
+            continue
         rc, out, err = _run_step(step, ws)
         both = out + err
         context = f"{example.where}\n$ {step.line}\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}"
@@ -242,7 +247,7 @@ def test_every_command_has_an_example_that_runs() -> None:
     """A command nobody shows is a command nobody checks."""
     from whyprobe.commands import COMMANDS
 
-    shown = {rx.subcommand(s.command) for e in EXAMPLES for s in e.steps if not e.skip}
+    shown = {rx.subcommand(s.command) for e in EXAMPLES for s in e.steps if not s.skip}
     assert {c.replace("_", "-") for c in COMMANDS} <= shown
 
 
