@@ -277,3 +277,17 @@ def test_the_collector_reads_tables_blocks_and_comments() -> None:
         "whyprobe trace --pid $(pgrep -f vllm) --duration 2s --out t.db"
     assert rx.for_this_host("sudo whyprobe spy --out mcp.db --cmd -- claude-code") == "whyprobe spy --out mcp.db --cmd -- claude-code"
     assert rx.outputs("whyprobe footprint --cmd -- python my_agent.py --out x.db") == ["footprint.db"]
+
+
+def test_folded_stacks_of_a_real_trace_read_from_module_to_cuda(seed: Path) -> None:
+    # GIVEN train.py traced with --stack through the real libcudart WHEN folded for a flame graph
+    done = subprocess.run(["whyprobe", "stacks", "t.db", "--folded", "--op", "cudaMalloc"], cwd=seed, env=_env(seed),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stdout.splitlines() if "<module>" in ln]
+    assert lines, done.stdout
+    # THEN each path starts at <module>, passes step() and ends in the native cudaMalloc, then the op
+    for line in lines:
+        frames = line.rsplit(" ", 1)[0].split(";")
+        assert frames[0].startswith("<module>_(") and frames[1].startswith("step_(") and frames[-1] == "cudaMalloc"
+        assert frames[-2].startswith("cudaMalloc_(") and "libcudart.so.12" in frames[-2]
