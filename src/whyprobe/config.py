@@ -4,8 +4,8 @@ Every field has a default, so an empty file (or no file) is a valid config.
 Durations and sizes accept the strings people type (`5s`, `64MiB`, see
 `units.py`). `load_config` turns every problem (missing file, YAML syntax,
 duplicate or unknown key, bad value) into one `ConfigError` line naming the
-key path and the expected form. `example_yaml()` renders the defaults with
-their descriptions as comments; a test loads it back.
+key path and the expected form. The seed's published file is read as typed;
+`config_example.example_yaml()` prints one in the same shape, commented.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from whyprobe.errors import ConfigError
+from whyprobe.tpfilter import FILTER_FORM, parse_filter
 from whyprobe.units import SIZE_FORM, UnitError, parse_duration_ns, parse_hostport, parse_size
 
 __all__ = [
@@ -34,7 +36,8 @@ __all__ = [
     "PROBE_FAMILIES",
     "load_config",
     "parse_config",
-    "example_yaml",
+    "parse_filter",
+    "tool_plan",
 ]
 
 PROBE_FAMILIES = ("cuda", "sched", "block", "net", "syscalls", "proc", "stacks", "wire")
@@ -70,6 +73,16 @@ def _milliseconds(value: Any) -> int:
         raise UnitError("expected a number of milliseconds (e.g. 2000) or a duration like 2s") from None
 
 
+def _precision_ms(value: Any) -> int:
+    try:
+        ns = parse_duration_ns(value, bare_unit="ms")
+    except UnitError:
+        raise UnitError("expected a whole number of milliseconds (e.g. 1), 0 for full nanosecond timestamps") from None
+    if ns % 1_000_000:
+        raise UnitError("expected a whole number of milliseconds (e.g. 1), 0 for full nanosecond timestamps")
+    return ns // 1_000_000
+
+
 def _bind(value: Any) -> str:
     host, port = parse_hostport(str(value))
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -79,6 +92,7 @@ Bytes = Annotated[int, BeforeValidator(_size_bytes)]
 Megabytes = Annotated[float, BeforeValidator(_megabytes)]
 Hours = Annotated[float, BeforeValidator(_hours)]
 Milliseconds = Annotated[int, BeforeValidator(_milliseconds)]
+PrecisionMs = Annotated[int, BeforeValidator(_precision_ms)]
 BindAddress = Annotated[str, BeforeValidator(_bind)]
 
 
@@ -86,10 +100,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _never_writes(allowed: bool) -> Any:
+    def check(value: bool) -> bool:
+        if value != allowed:
+            raise ValueError(f"whyprobe never writes to what it traces; expected {str(allowed).lower()}")
+        return value
+
+    return check
+
+
 class ServerConfig(_Section):
-    name: str = Field("whyprobe", description="Server name announced to MCP clients.")
-    transport: Literal["stdio", "http"] = Field("stdio", description="stdio (default) or http (streamable HTTP).")
-    read_only: bool = Field(True, description="Serve read-only tools only.")
+    name: str = Field("whyprobe", description="Server name the MCP initialize answer reports.")
+    version: str | None = Field(None, description="Server version the MCP initialize answer reports (null: whyprobe's own version).")
+    transport: Literal["stdio", "http"] = Field("stdio", description="Default transport of `whyprobe mcp`: stdio or http (streamable HTTP).")
+    read_only: Annotated[bool, AfterValidator(_never_writes(True))] = Field(
+        True, description="Always true: every tool is read-only (false is refused)."
+    )
 
 
 class UprobeSpec(_Section):
@@ -99,30 +125,6 @@ class UprobeSpec(_Section):
 
 
 _TP_NAME = re.compile(r"^[a-z0-9_]+:[a-z0-9_]+$")
-_CONDITION = re.compile(
-    r"^\s*([A-Za-z_]\w*)\s*(==|!=|<=|>=|<|>|&)\s*(-?\d+|0x[0-9a-fA-F]+|\"[^\"]*\"|'[^']*')\s*$"
-)
-FILTER_FORM = 'conditions like "pid == 123" or "prev_state != 0", joined with && or ||'
-
-
-def parse_filter(text: str) -> list[list[tuple[str, str, int | str]]]:
-    """'a == 1 && b != 0 || c > 2' → OR of ANDs: [[(a, ==, 1), (b, !=, 0)], [(c, >, 2)]]."""
-    if not text.strip():
-        return []
-    alternatives = []
-    for alternative in text.split("||"):
-        conjunction = []
-        for condition in alternative.split("&&"):
-            match = _CONDITION.match(condition)
-            if match is None:
-                raise UnitError(f"expected {FILTER_FORM}")
-            field, op, raw = match.groups()
-            value: int | str = raw[1:-1] if raw[0] in "\"'" else int(raw, 0)
-            conjunction.append((field, op, value))
-        alternatives.append(conjunction)
-    return alternatives
-
-
 class TracepointSpec(_Section):
     name: str = Field(description='Tracepoint as "category:event", e.g. sched:sched_switch.')
     filter: str = Field("", description=f"Optional filter: {FILTER_FORM}.")
@@ -150,19 +152,28 @@ class ProbesConfig(_Section):
     uprobes: list[UprobeSpec] = Field(
         [],
         description="Extra uprobes (source CUSTOM, op = index in this list).",
-        json_schema_extra={"example": [{"library": "libnccl.so.2", "symbol": "ncclAllReduce", "attach": "both"}]},
+        json_schema_extra={"example": [
+            {"library": "libcudart.so", "symbol": "cudaLaunchKernel", "attach": "entry"},
+            {"library": "libcudart.so", "symbol": "cudaDeviceSynchronize", "attach": "both"},
+        ]},
     )
     tracepoints: list[TracepointSpec] = Field(
         [],
         description="Extra tracepoints, each with an optional filter.",
-        json_schema_extra={"example": [{"name": "sched:sched_switch", "filter": "prev_state != 0"}]},
+        json_schema_extra={"example": [
+            {"name": "sched:sched_switch", "filter": "prev_pid != 0 && next_pid != 0"},
+            {"name": "block:block_rq_issue", "filter": "rwbs ~ '.*W.*'"},
+        ]},
     )
     libraries: list[str] = Field([], description="Extra directories to search for CUDA libraries.")
 
 
 class StorageConfig(_Section):
-    backend: Literal["sqlite", "duckdb"] = Field("sqlite", description="sqlite, or duckdb for an extra columnar copy.")
+    backend: Literal["sqlite", "columnar", "duckdb"] = Field(
+        "sqlite", description="sqlite, or columnar (= duckdb): also write a DuckDB columnar copy beside the trace."
+    )
     retention_hours: Hours = Field(0, description="Prune events older than this (hours, or e.g. 90m); 0 keeps all.")
+    precision_ms: PrecisionMs = Field(0, description="Round stored event timestamps down to this many ms; 0 keeps ns. Durations stay exact.")
     max_events_per_second: int = Field(0, ge=0, description="Keep at most this many events/s (counted as rate drops); 0 = no cap.")
     max_db_mb: Megabytes = Field(0, description="Prune oldest events beyond this database size (MiB); 0 = no limit.")
     # The one default: `trace` without --config and without this key uses it too.
@@ -173,6 +184,14 @@ class StorageConfig(_Section):
         if self.ring_size < 4096 or self.ring_size & (self.ring_size - 1):
             raise ValueError("ring_size: expected a power of two of at least 4KiB (e.g. 64MiB)")
         return self
+
+
+class ToolSpec(_Section):
+    name: str = Field(description="An MCP tool of `whyprobe mcp`.")
+    description: str | None = Field(None, description="Its description (null: the built-in one).")
+    output: Literal["event"] | None = Field(
+        None, alias="schema", description='"event": structured output carries an `events` list of event objects (declared as the outputSchema).'
+    )
 
 
 class ToolsConfig(_Section):
@@ -191,9 +210,54 @@ class ToolsConfig(_Section):
         return (not self.enable or name in self.enable) and name not in self.disable
 
 
+def _tools_form(value: Any) -> str:
+    return "tools-list" if isinstance(value, list) else "tools-map"
+
+
+# The seed's form is a list of {name, description, schema}: exactly the tools served.
+# The mapping {enable, disable, descriptions} adjusts the built-in set instead.
+Tools = Annotated[
+    Annotated[list[ToolSpec], Tag("tools-list")] | Annotated[ToolsConfig, Tag("tools-map")],
+    Discriminator(_tools_form),
+]
+
+
+def tool_plan(tools: list[ToolSpec] | ToolsConfig, known: list[str]) -> dict[str, ToolSpec]:
+    """The tools to serve, by name, in order, each with its configured description and output shape.
+
+    ConfigError (one line) for a name the server does not have or a name listed twice.
+    """
+    if isinstance(tools, ToolsConfig):
+        tools.check_names(known)
+        return {n: ToolSpec(name=n, description=tools.descriptions.get(n)) for n in known if tools.allowed(n)}
+    plan: dict[str, ToolSpec] = {}
+    for i, spec in enumerate(tools):
+        if spec.name not in known:
+            raise ConfigError(f"tools[{i}].name: unknown tool {spec.name!r} (expected one of: {', '.join(sorted(known))})")
+        if spec.name in plan:
+            raise ConfigError(f"tools[{i}].name: {spec.name!r} is listed twice")
+        plan[spec.name] = spec
+    return plan
+
+
+PidFiltering = Annotated[
+    Annotated[list[int], Tag("pid-list")] | Annotated[bool, Tag("pid-switch")],
+    Discriminator(lambda v: "pid-list" if isinstance(v, list) else "pid-switch"),
+]
+_TAGS = ("tools-list", "tools-map", "pid-list", "pid-switch")
+
+
 class SecurityConfig(_Section):
-    read_only: bool = Field(True, description="Refuse anything but read-only access.")
-    pid_filtering: list[int] = Field([], description="Only these pids' events are visible (empty: all).")
+    read_only: Annotated[bool, AfterValidator(_never_writes(True))] = Field(
+        True, description="Always true: read-only access only (false is refused)."
+    )
+    write_access: Annotated[bool, AfterValidator(_never_writes(False))] = Field(
+        False, description="Always false: no tool writes (true is refused)."
+    )
+    pid_filtering: PidFiltering = Field(
+        False,
+        description="true: trace and serve only the traced processes (their pids and children); a list: only these pids; false: no pid filter.",
+    )
     cgroup_filtering: list[int | str] = Field([], description="Only these cgroups (ids or /sys/fs/cgroup paths).")
     rate_limit_per_second: float = Field(100, gt=0, description="MCP requests per second per client.")
     token_env: str = Field("WHYPROBE_MCP_TOKEN", description="Env var holding the bearer token (required off loopback).")
@@ -232,7 +296,7 @@ class SecurityConfig(_Section):
         """Keyword arguments for server.security.SecuritySettings (its field names)."""
         return {
             "read_only": self.read_only,
-            "pid_filter": list(self.pid_filtering),
+            "pid_filter": list(self.pid_filtering) if isinstance(self.pid_filtering, list) else [],
             "cgroup_filter": self.cgroup_ids(),
             "rate_limit_per_second": self.rate_limit_per_second,
             "token_env": self.token_env,
@@ -251,7 +315,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig, description="MCP server identity and transport.")
     probes: ProbesConfig = Field(default_factory=ProbesConfig, description="What to trace.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where and how much to keep.")
-    tools: ToolsConfig = Field(default_factory=ToolsConfig, description="Which MCP tools to serve.")
+    tools: Tools = Field(default_factory=ToolsConfig, description="Which MCP tools to serve, with their descriptions.")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="Limits for `whyprobe mcp`.")
 
 
@@ -314,7 +378,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = [part for part in err["loc"] if part not in ("function-after", "function-before")]
+    loc = [part for part in err["loc"] if part not in ("function-after", "function-before", *_TAGS)]
     kind = err["type"]
     message = str(err.get("ctx", {}).get("error", "")) if kind == "value_error" else ""
     if kind == "value_error" and re.match(r"^\w+: ", message) and _model_at(loc) is not None:
@@ -324,7 +388,7 @@ def _first_error(exc: ValidationError) -> str:
     path = _path(loc)
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
-        keys = ", ".join(parent.model_fields) if parent else ""
+        keys = ", ".join(f.alias or name for name, f in parent.model_fields.items()) if parent else ""
         return f"unknown key {path} (expected one of: {keys})"
     if kind == "missing":
         return f"{path}: missing required key"
@@ -363,15 +427,31 @@ def _expected(err: dict) -> str:
 
 def _model_at(loc: list) -> type[BaseModel] | None:
     model: Any = Config
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
-        annotation = model.model_fields[part].annotation
-        args = getattr(annotation, "__args__", ())
-        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        if part not in fields:
+            return None
+        # A list item (next part an index) is the model inside the list, else the field's own model.
+        models = _models_in(fields[part].annotation, inside_list=i + 1 < len(loc) and isinstance(loc[i + 1], int))
+        model = models[0] if models else None
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _models_in(annotation: Any, inside_list: bool) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold, looking through Annotated, unions and (if asked) lists."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return _models_in(typing.get_args(annotation)[0], False) if inside_list else []
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        args = args[:1]
+    return [m for a in args for m in _models_in(a, inside_list)]
 
 
 def _path(loc: list) -> str:
@@ -384,40 +464,3 @@ def _path(loc: list) -> str:
 def _show(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def example_yaml() -> str:
-    """The default config as commented YAML (what `whyprobe config --example` prints)."""
-    lines = [
-        "# whyprobe configuration. Every key is optional; these are the defaults.",
-        "# Durations read like 30s, 250ms, 5m, 1h; sizes like 64MiB, 1GB, 512k.",
-        "",
-    ]
-    defaults = Config()
-    for section, field in Config.model_fields.items():
-        lines.append(f"# {field.description}")
-        lines.append(f"{section}:")
-        sub = getattr(defaults, section)
-        for key, info in type(sub).model_fields.items():
-            lines.append(f"  # {info.description}")
-            value = getattr(sub, key)
-            if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-                value = [v.model_dump() for v in value]
-            if key.endswith("_size") and value % 2**20 == 0:
-                value = f"{value >> 20}MiB"
-            lines.append(f"  {key}: {_yaml_value(value)}")
-            example = (info.json_schema_extra or {}).get("example") if isinstance(info.json_schema_extra, dict) else None
-            if example:
-                lines.append("  # for example:")
-                dumped = yaml.safe_dump({key: example}, sort_keys=False, default_flow_style=False).splitlines()
-                lines.extend(f"  # {line}" for line in dumped)
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -228,6 +228,7 @@ def test_example_runs_and_says_what_it_claims(example: rx.Example, seed: Path, t
         pytest.skip(f"{example.where} marks it: not run here: {example.skip}")
     ws = tmp_path / "ws"
     shutil.copytree(seed, ws, symlinks=True)
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent)  # `../shared/data/...` as from the repository root
     for step in example.steps:
         if step.skip:
             continue

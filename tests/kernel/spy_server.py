@@ -31,6 +31,34 @@ def read_file(path: str) -> str:
         return f.read()
 
 
+@server.tool()
+def count_rows(db: str, table: str) -> dict:
+    """Rows of a SQLite table and the file's size in bytes. Loads sqlite3 on its first call and
+    runs `wc` on the file (footprint: the tool's own file first, loading and the child's start
+    grouped apart)."""
+    import sqlite3
+    import subprocess
+
+    size = int(subprocess.run(["wc", "-c", db], capture_output=True, text=True, check=True).stdout.split()[0])
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+    return {"rows": rows, "bytes": size}
+
+
+@server.tool()
+def gpu_alloc(n: int) -> list[int]:
+    """cudaMalloc of 1 MiB, n times, through the libcudart of the nvidia-cuda-runtime wheel; the
+    distinct return codes (35 without a driver: the calls return at once, the probes fire)."""
+    import ctypes
+    from pathlib import Path
+
+    import nvidia.cuda_runtime
+
+    cudart = ctypes.CDLL(str(Path(nvidia.cuda_runtime.__path__[0]) / "lib" / "libcudart.so.12"))
+    ptr = ctypes.c_void_p()
+    return sorted({cudart.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(1 << 20)) for _ in range(n)})
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         port = int(sys.argv[2])

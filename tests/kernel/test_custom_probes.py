@@ -207,12 +207,14 @@ def test_tracepoint_filters_are_evaluated_in_the_kernel(bpf_required, tmp_path):
 
 def test_bad_tracepoint_entries_are_one_line_errors(bpf_required):
     cases = [
-        (TracepointSpec(name="sched:sched_process_exec", filter='filename == "x"'),
-         "probes.tracepoints[0].filter: field 'filename' of sched:sched_process_exec is '__data_loc char[] filename', not a number; only numeric fields can be filtered"),
+        (TracepointSpec(name="sched:sched_process_exec", filter="filename == 3"),
+         "probes.tracepoints[0].filter: field 'filename' of sched:sched_process_exec is '__data_loc char[] filename', a string; compare it with ~ 'PATTERN', !~, == \"text\" or !="),
         (TracepointSpec(name="sched:sched_switch", filter="prev_comm == 1"),
-         "probes.tracepoints[0].filter: field 'prev_comm' of sched:sched_switch is 'char prev_comm[16]', not a number; only numeric fields can be filtered"),
+         "probes.tracepoints[0].filter: field 'prev_comm' of sched:sched_switch is 'char prev_comm[16]', a string; compare it with ~ 'PATTERN', !~, == \"text\" or !="),
+        (TracepointSpec(name="sched:sched_switch", filter="prev_pid ~ '1.*'"),
+         "probes.tracepoints[0].filter: field 'prev_pid' is numeric; compare it with a number, not '1.*'"),
         (TracepointSpec(name="syscalls:sys_enter_getppid", filter="fd == 1"),
-         "probes.tracepoints[0].filter: syscalls:sys_enter_getppid has no field 'fd' (numeric fields: common_type, common_flags, common_preempt_count, common_pid, __syscall_nr)"),
+         "probes.tracepoints[0].filter: syscalls:sys_enter_getppid has no field 'fd' (fields: common_type, common_flags, common_preempt_count, common_pid, __syscall_nr)"),
         (TracepointSpec(name="nosuch:event"),
          "probes.tracepoints[0]: no tracepoint nosuch:event on this kernel (/sys/kernel/tracing/events/nosuch/event/format does not exist)"),
     ]
@@ -250,3 +252,50 @@ def test_trace_command_with_config_records_custom_probes(bpf_required, tmp_path,
     out = str(sum(6 * i for i in range(50))) + "\n"
     assert conn.execute("SELECT arg0, arg2 FROM events WHERE op = 1000").fetchone() == (1, len(out))
     assert conn.execute("SELECT name FROM ops WHERE source_id = 9 ORDER BY op_id").fetchall() == [("libcustomtest.so:add3",), ("syscalls:sys_enter_write",)]
+
+
+_BLOCK_CHILD = r"""
+import mmap, os, sys
+path = sys.argv[1]
+print("ready", flush=True)
+sys.stdin.readline()
+with open(path, "wb") as f:
+    f.write(os.urandom(1 << 20))
+    f.flush()
+    os.fsync(f.fileno())
+os.posix_fadvise(os.open(path, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 1 << 16)
+while os.readv(fd, [buf]) > 0:
+    pass
+os.execv("/bin/true", ["true"])
+"""
+
+
+def test_string_patterns_are_evaluated_in_the_kernel(bpf_required, tmp_path):
+    # GIVEN the seed's filter `rwbs ~ '.*W.*'` on block_rq_issue, its negation, no filter at all,
+    # and a pattern on a __data_loc string (exec's filename)
+    tps = [
+        TracepointSpec(name="block:block_rq_issue", filter="rwbs ~ '.*W.*'"),
+        TracepointSpec(name="block:block_rq_issue", filter="rwbs !~ '.*W.*'"),
+        TracepointSpec(name="block:block_rq_issue"),
+        TracepointSpec(name="sched:sched_process_exec", filter="filename ~ '/(usr/)?bin/true'"),
+        TracepointSpec(name="sched:sched_process_exec", filter='filename == "/bin/echo" || filename == "/usr/bin/echo"'),
+        TracepointSpec(name="sched:sched_process_exec", filter="filename !~ '.*/echo'"),
+    ]
+    fam = CustomFamily(tracepoints=tps)
+    # WHEN the child writes and fsyncs 1 MiB on the ext4 root, reads it back with O_DIRECT, then execs /bin/true
+    path = "/var/tmp/whyprobe-custom-rwbs.bin"
+    try:
+        _, _, ev, _ = _run_traced(tmp_path, fam, [sys.executable, "-c", _BLOCK_CHILD, path])
+    finally:
+        os.unlink(path)
+    requests = {op: {(int(e["arg0"]), int(e["arg1"]), int(e["arg2"])) for e in ev[ev["op"] == op]} for op in (1000, 1001, 1002)}
+    counts = {op: int((ev["op"] == op).sum()) for op in range(1000, 1006)}
+    # THEN the write requests and the read requests are told apart in the kernel: together they are
+    # exactly the unfiltered requests, none in both
+    assert counts[1000] >= 1 and counts[1001] >= 1, counts
+    assert counts[1000] + counts[1001] == counts[1002]
+    assert requests[1000] | requests[1001] == requests[1002] and not requests[1000] & requests[1001]
+    # AND on exec's __data_loc filename: the pattern and the negated pattern admit the one exec, the literal does not
+    assert (counts[1003], counts[1004], counts[1005]) == (1, 0, 1)

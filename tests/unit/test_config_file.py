@@ -8,8 +8,10 @@ import pytest
 import yaml
 
 from whyprobe.commands import main
-from whyprobe.config import Config, example_yaml, load_config, parse_config
+from whyprobe.config import Config, load_config, parse_config
 from whyprobe.errors import ConfigError
+
+SEED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seed-config.yaml"
 
 
 def _error(text: str) -> str:
@@ -33,21 +35,31 @@ def test_no_file_and_empty_file_are_the_defaults(tmp_path: Path) -> None:
     assert defaults.probes.families == ["cuda", "sched", "block", "net", "syscalls", "proc"]
 
 
-def test_example_loads_back_to_the_defaults_and_mentions_every_key(tmp_path: Path) -> None:
-    # GIVEN the printed example WHEN loaded THEN it is exactly the defaults
-    text = example_yaml()
-    assert parse_config(text) == Config()
-    data = yaml.safe_load(text)
-    for section, field in Config.model_fields.items():
-        assert set(data[section]) == set(field.annotation.model_fields), section
-    # AND the commented examples are themselves valid when uncommented
-    uncommented = "\n".join(line.replace("  # ", "  ", 1) if line.startswith("  # ") and ("- " in line or line.startswith("  #   ")) else line
-                            for line in text.splitlines())
-    uncommented = uncommented.replace("  # uprobes:", "  uprobes:").replace("  # tracepoints:", "  tracepoints:")
-    uncommented = uncommented.replace("  uprobes: []\n", "").replace("  tracepoints: []\n", "")
-    example = parse_config(uncommented).probes
-    assert [(u.library, u.symbol, u.attach) for u in example.uprobes] == [("libnccl.so.2", "ncclAllReduce", "both")]
-    assert [(t.name, t.filter) for t in example.tracepoints] == [("sched:sched_switch", "prev_state != 0")]
+def test_example_has_the_seed_shape_and_default_scalars(capsys) -> None:
+    # GIVEN the printed example WHEN loaded THEN its scalar keys are the defaults
+    assert main(["config", "--example"]) == 0
+    text = capsys.readouterr().out
+    config = parse_config(text)
+    defaults = Config()
+    for section in ("server", "storage", "security"):
+        assert getattr(config, section) == getattr(defaults, section), section
+    assert config.probes.families == defaults.probes.families
+    # AND every key of the seed file appears, in the seed's form (lists of mappings, quoted strings)
+    data, seed = yaml.safe_load(text), yaml.safe_load(SEED.read_text())
+    for section, keys in seed.items():
+        if isinstance(keys, dict):
+            assert set(keys) <= set(data[section]), section
+    assert [(u["library"], u["symbol"], u["attach"]) for u in data["probes"]["uprobes"]] == [
+        ("libcudart.so", "cudaLaunchKernel", "entry"), ("libcudart.so", "cudaDeviceSynchronize", "both")]
+    assert data["probes"]["tracepoints"] == seed["probes"]["tracepoints"]
+    assert '    - name: "block:block_rq_issue"\n      filter: "rwbs ~ \'.*W.*\'"\n' in text
+    # AND the tools list names every tool the server has, each with its built-in description
+    from whyprobe.server.app import tool_catalog
+
+    catalog = tool_catalog()
+    assert [(t["name"], t["description"], t.get("schema")) for t in data["tools"]] == [
+        (name, description, "event" if event else None) for name, description, event in catalog]
+    assert {"query_off_cpu_events", "resolve_causal_chain", "analyze_gpu_launch_latency"} <= {n for n, _, e in catalog if e}
 
 
 def test_human_units_are_read() -> None:
@@ -71,7 +83,7 @@ def test_human_units_are_read() -> None:
         ("storage:\n  max_db_mb: lots\n", 'storage.max_db_mb: expected a number of megabytes (e.g. 512) or a size like "2GiB", got "lots"'),
         (
             "security:\n  tokn: x\n",
-            "unknown key security.tokn (expected one of: read_only, pid_filtering, cgroup_filtering, rate_limit_per_second, "
+            "unknown key security.tokn (expected one of: read_only, write_access, pid_filtering, cgroup_filtering, rate_limit_per_second, "
             "token_env, tls_cert, tls_key, bind, max_rows, time_limit_ms, max_output_bytes)",
         ),
         ("bogus: 1\n", "unknown key bogus (expected one of: server, probes, storage, tools, security)"),
@@ -84,7 +96,7 @@ def test_human_units_are_read() -> None:
         ("probes:\n  tracepoints:\n  - name: sched\n", 'probes.tracepoints[0].name: expected "category:event", e.g. sched:sched_switch, got "sched"'),
         (
             "probes:\n  tracepoints:\n  - {name: 'sched:sched_switch', filter: pid = 3}\n",
-            'probes.tracepoints[0].filter: expected conditions like "pid == 123" or "prev_state != 0", joined with && or ||, got "pid = 3"',
+            '''probes.tracepoints[0].filter: expected conditions like "pid == 123", "prev_state != 0" or "rwbs ~ '.*W.*'", joined with && or ||, got "pid = 3"''',
         ),
         ("probes:\n  families: [cuda, gpu]\n", 'probes.families[1]: expected one of: cuda, sched, block, net, syscalls, proc, stacks, wire, got "gpu"'),
         ("security:\n  max_rows: 20000\n", "security.max_rows: expected a number <= 10000, got 20000"),

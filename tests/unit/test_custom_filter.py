@@ -27,6 +27,7 @@ from whyprobe.probes.custom import (
     parse_format,
     tracepoint_slots,
 )
+from whyprobe.strmatch import MAX_BYTES, MAX_CLASSES, MAX_STATES
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf"
 
@@ -57,6 +58,16 @@ format:
 \tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;
 \tfield:char next_comm[16];\toffset:40;\tsize:16;\tsigned:0;
 \tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;
+"""
+
+BLOCK_FORMAT = """name: block_rq_issue
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:dev_t dev;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:sector_t sector;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:char rwbs[8];\toffset:24;\tsize:8;\tsigned:0;
 """
 
 EXEC_FORMAT = """name: sched_process_exec
@@ -94,11 +105,11 @@ def test_filter_compiles_to_or_of_and_terms_on_field_layouts():
     spec = _compile("fd == 3 && count >= 0x10 || __syscall_nr > -5")
     assert (spec.op, spec.n_or, list(spec.n_and)) == (1002, 2, [2, 1, 0, 0])
     fd, count = spec.cond[0][0], spec.cond[0][1]
-    assert (fd.field.offset, fd.field.size, fd.field.is_signed, fd.cmp, fd.value) == (16, 8, 0, CMP["=="], 3)
+    assert (fd.field.offset, fd.field.size, fd.field.kind, fd.cmp, fd.value) == (16, 8, 0, CMP["=="], 3)
     assert (count.field.offset, count.cmp, count.value) == (32, CMP[">="], 16)
     nr = spec.cond[1][0]
     # a negative value is stored two's complement; the field's signedness picks the comparison
-    assert (nr.field.offset, nr.field.size, nr.field.is_signed, nr.cmp, nr.value) == (8, 4, 1, CMP[">"], 2**64 - 5)
+    assert (nr.field.offset, nr.field.size, nr.field.kind, nr.cmp, nr.value) == (8, 4, 1, CMP[">"], 2**64 - 5)
     assert [(a.offset, a.size) for a in spec.args] == [(16, 8), (24, 8), (32, 8)]
 
 
@@ -111,11 +122,11 @@ def test_empty_filter_accepts_everything():
     "filter_text, fmt, name, message",
     [
         ("nope == 1", READ_FORMAT, "syscalls:sys_enter_read",
-         "probes.tracepoints[2].filter: syscalls:sys_enter_read has no field 'nope' (numeric fields: common_type, common_flags, common_preempt_count, common_pid, __syscall_nr, fd, buf, count)"),
+         "probes.tracepoints[2].filter: syscalls:sys_enter_read has no field 'nope' (fields: common_type, common_flags, common_preempt_count, common_pid, __syscall_nr, fd, buf, count)"),
         ("prev_comm == 1", SWITCH_FORMAT, "sched:sched_switch",
-         "probes.tracepoints[2].filter: field 'prev_comm' of sched:sched_switch is 'char prev_comm[16]', not a number; only numeric fields can be filtered"),
-        ('filename == "a.out"', EXEC_FORMAT, "sched:sched_process_exec",
-         "probes.tracepoints[2].filter: field 'filename' of sched:sched_process_exec is '__data_loc char[] filename', not a number; only numeric fields can be filtered"),
+         "probes.tracepoints[2].filter: field 'prev_comm' of sched:sched_switch is 'char prev_comm[16]', a string; compare it with ~ 'PATTERN', !~, == \"text\" or !="),
+        ("filename & 1", EXEC_FORMAT, "sched:sched_process_exec",
+         "probes.tracepoints[2].filter: field 'filename' of sched:sched_process_exec is '__data_loc char[] filename', a string; compare it with ~ 'PATTERN', !~, == \"text\" or !="),
         ("pid == 'x'", EXEC_FORMAT, "sched:sched_process_exec",
          "probes.tracepoints[2].filter: field 'pid' is numeric; compare it with a number, not 'x'"),
         ("fd == 1 || fd == 2 || fd == 3 || fd == 4 || fd == 5", READ_FORMAT, "syscalls:sys_enter_read",
@@ -151,8 +162,14 @@ def test_compiled_struct_matches_the_bpf_object():
     assert define["CUSTOM_EMIT_AT_ENTRY"] == "1ULL << 16" and custom.EMIT_AT_ENTRY == 1 << 16
     assert define["CUSTOM_PAIRED"] == "1ULL << 17" and custom.PAIRED == 1 << 17
     assert {k.removeprefix("CMP_"): int(v) for k, v in re.findall(r"(CMP_\w+) = (\d+)", src)} == {
-        "EQ": CMP["=="], "NE": CMP["!="], "LT": CMP["<"], "LE": CMP["<="], "GT": CMP[">"], "GE": CMP[">="], "AND": CMP["&"]
+        "EQ": CMP["=="], "NE": CMP["!="], "LT": CMP["<"], "LE": CMP["<="], "GT": CMP[">"], "GE": CMP[">="], "AND": CMP["&"],
+        "MATCH": CMP["~"], "NOMATCH": CMP["!~"],
     }
+    # AND struct tp_pattern (a compiled string pattern) has the ctypes mirror's layout
+    p = _btf_struct("tp_pattern")
+    assert p["size"] == ctypes.sizeof(custom.TpPatternStruct)
+    assert [(m["name"], m["bits_offset"] // 8) for m in p["members"]] == [(n, getattr(custom.TpPatternStruct, n).offset) for n, _ in custom.TpPatternStruct._fields_]
+    assert int(define["CUSTOM_DFA_STATES"]) == MAX_STATES and int(define["CUSTOM_DFA_CLASSES"]) == MAX_CLASSES and int(define["CUSTOM_STR_MAX"]) == MAX_BYTES
 
 
 def test_entries_on_one_tracepoint_share_an_attachment():
@@ -192,3 +209,37 @@ def test_family_without_entries_attaches_nothing_and_says_so():
     (fam,) = families(["custom"])
     assert fam.attach(None, TargetSpec()) == ["custom: the config has no probes.uprobes or probes.tracepoints; nothing attached"]
     assert fam.ops_rows() == [] and fam.flags() == {}
+
+
+def test_string_conditions_compile_to_patterns_the_kernel_runs():
+    # GIVEN the seed's block filter and a literal compare on a __data_loc string
+    patterns: list = []
+    spec = compile_tracepoint("probes.tracepoints[0]", TracepointSpec(name="block:block_rq_issue", filter="rwbs ~ '.*W.*'"), parse_format(BLOCK_FORMAT), 1000, patterns)
+    (cond,) = spec.cond[0][: spec.n_and[0]]
+    # THEN the condition reads the 8-byte char array and points at pattern 0
+    assert (cond.field.offset, cond.field.size, cond.field.kind, cond.cmp, cond.value) == (24, 8, custom.FIELD_CHARS, CMP["~"], 0)
+    # AND that DFA accepts exactly what re.fullmatch accepts, reading up to the NUL
+    for rwbs, want in ((b"W\0\0", True), (b"WS", True), (b"FWFSM", True), (b"RA", False), (b"R\0W", False), (b"", False), (b"N", False)):
+        assert patterns[0].matches(rwbs) == want, rwbs
+    exec_spec = compile_tracepoint("t", TracepointSpec(name="sched:sched_process_exec", filter='filename != "/bin/true"'), parse_format(EXEC_FORMAT), 1001, patterns)
+    neg = exec_spec.cond[0][0]
+    assert (neg.field.offset, neg.field.kind, neg.cmp, neg.value) == (8, custom.FIELD_DATA_LOC, CMP["!~"], 1)
+    assert patterns[1].matches(b"/bin/true\0") and not patterns[1].matches(b"/bin/true2")
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        ("^W", "anchors ^ and $ are not needed: ~ always matches the whole field"),
+        ("(?<=R)W", "unsupported in a kernel filter pattern: lookbacks are not implemented"),
+        ("(W", "not a valid pattern; expected a regular expression of literals, ., [classes], groups, | and * + ? {m,n} (matched in full)"),
+        ("a{40}", "pattern too large for the kernel: 42 states (at most 32)"),
+        ("[a][b][c][d][e][f][g][h][i][j][k][l][m][n][o][p]", "too many distinct characters for the kernel: 17 classes (at most 16)"),
+    ],
+)
+def test_patterns_the_kernel_cannot_run_are_refused_at_config_check(pattern, message):
+    from whyprobe.config import parse_config
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(f"probes:\n  tracepoints:\n  - name: block:block_rq_issue\n    filter: \"rwbs ~ '{pattern}'\"\n", "c.yaml")
+    assert str(exc.value) == f"config error in c.yaml: probes.tracepoints[0].filter: pattern '{pattern}': {message}, got \"rwbs ~ '{pattern}'\""

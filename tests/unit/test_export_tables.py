@@ -22,64 +22,84 @@ def _sqlite_counts(db: Path) -> dict[str, int]:
     return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
 
 
-def test_parquet_has_every_table_with_exact_rows(tmp_path: Path, capsys) -> None:
+def _files(out: Path, table: str) -> list[Path]:
+    return sorted((out / table).glob("node=*/*.parquet"))
+
+
+def test_parquet_dataset_has_every_table_with_exact_rows(tmp_path: Path, capsys) -> None:
     db = make_db(tmp_path / "t.db")
     out = tmp_path / "pq"
     assert main(["export", str(db), "--parquet", str(out)]) == 0
     counts = _sqlite_counts(db)
     assert capsys.readouterr().err == f"Wrote {out}/ ({len(counts)} tables, 10 events)\n"
-    # THEN one file per table, empty tables included with their schema
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.parquet" for t in counts)
+    # THEN DIR/<table>/node=<node>/<trace>.parquet for every table, empty tables with their schema
+    assert sorted(p.name for p in out.iterdir()) == sorted(counts)
+    node = "t"  # no sessions row: the file stem names the node
     for table, n in counts.items():
-        assert pq.read_metadata(out / f"{table}.parquet").num_rows == n, table
+        files = _files(out, table)
+        assert [f.parent.name for f in files] == [f"node={node}"], table
+        assert pq.read_metadata(files[0]).num_rows == n, table
     assert counts["audit_log"] == 0
-    assert pq.read_schema(out / "audit_log.parquet").field("allowed").type == pa.int64()
-    # AND values and types survive
-    events = pq.read_table(out / "events.parquet").to_pydict()
+    assert pq.read_schema(_files(out, "audit_log")[0]).field("allowed").type == pa.int64()
+    # AND every row carries its node, events their source and op names; values and types survive
+    events = pq.read_table(_files(out, "events")[0]).to_pydict()
     assert events["timestamp"][:2] == [T0, T0 + 1_000]
-    assert pq.read_schema(out / "events.parquet").field("detail").type == pa.string()
-    # AND duckdb reads the files directly
-    assert duckdb.sql(f"SELECT count(*) FROM '{out}/events.parquet'").fetchall() == [(10,)]
-    assert duckdb.sql(f"SELECT tool_name, duration FROM '{out}/tool_calls.parquet'").fetchall() == [("read_file", 2_000_000)]
+    assert set(events["node"]) == {node}
+    assert ("sched_switch", "HOST") in set(zip(events["op_name"], events["source_name"]))
+    assert pq.read_schema(_files(out, "events")[0]).field("detail").type == pa.string()
+    # AND duckdb reads the dataset as it is
+    glob = f"{out}/events/*/*.parquet"
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)").fetchall() == [(10,)]
+    tool_calls = f"{out}/tool_calls/*/*.parquet"
+    assert duckdb.sql(f"SELECT tool_name, duration, node FROM '{tool_calls}'").fetchall() == [("read_file", 2_000_000, node)]
 
 
-def test_parquet_of_an_ingero_trace(tmp_path: Path, shared_data: Path) -> None:
+def test_parquet_of_an_ingero_cluster_trace_splits_its_nodes(tmp_path: Path, shared_data: Path) -> None:
     # sample-cluster.db stores events.id as TEXT ("node:seq"): the column becomes a string
     out = tmp_path / "pq"
     assert main(["export", str(shared_data / "sample-cluster.db"), "--parquet", str(out)]) == 0
-    assert pq.read_schema(out / "events.parquet").field("id").type == pa.string()
-    assert duckdb.sql(f"SELECT count(*), count(DISTINCT node) FROM '{out}/events.parquet'").fetchall() == [(600, 3)]
-    assert pq.read_metadata(out / "causal_chains.parquet").num_rows == 6
+    files = _files(out, "events")
+    assert [f.parent.name for f in files] == ["node=gpu-node-01", "node=gpu-node-02", "node=gpu-node-03"]
+    assert [pq.read_metadata(f).num_rows for f in files] == [200, 200, 200]
+    assert pq.read_schema(files[0]).field("id").type == pa.string()
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT node) FROM '{out}/events/*/*.parquet'").fetchall() == [(600, 3)]
+    assert sum(pq.read_metadata(f).num_rows for f in _files(out, "causal_chains")) == 6
 
 
-def test_parquet_into_an_existing_empty_dir_but_not_a_full_one(tmp_path: Path, capsys) -> None:
+def test_parquet_same_trace_again_needs_force_other_traces_add(tmp_path: Path, capsys) -> None:
     db = make_db(tmp_path / "t.db")
+    other = make_db(tmp_path / "u.db")
     out = tmp_path / "pq"
-    out.mkdir()
     assert main(["export", str(db), "--parquet", str(out)]) == 0
+    first = _files(out, "events")
     capsys.readouterr()
     assert main(["export", str(db), "--parquet", str(out)]) == 1
-    assert capsys.readouterr().err == f"whyprobe: Directory is not empty, will not overwrite without --force: {out}\n"
+    err = capsys.readouterr().err
+    assert err.startswith("whyprobe: this trace is already in the dataset, will not overwrite without --force: ")
     assert main(["export", str(db), "--parquet", str(out), "--force"]) == 0
-    assert (out / "events.parquet").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pq", "t.db"]
+    assert _files(out, "events") == first
+    # a different trace of the same node is a second file beside the first, never a replacement
+    assert main(["export", str(other), "--parquet", str(out)]) == 0
+    assert len(_files(out, "events")) == 2
+    assert duckdb.sql(f"SELECT count(*) FROM '{out}/events/*/*.parquet'").fetchall() == [(20,)]
 
 
-def test_parquet_failure_leaves_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_parquet_failure_leaves_the_dataset_as_it_was(tmp_path: Path, monkeypatch, capsys) -> None:
     db = make_db(tmp_path / "t.db")
+    out = tmp_path / "pq"
     import whyprobe.export.parquet as parquet
 
     real = parquet.record_batches
 
-    def fail_on_events(conn, table, schema, *args):
+    def fail_on_events(conn, table, schema, *args, **kwargs):
         if table == "events":
             raise OSError(28, "No space left on device")
-        return real(conn, table, schema, *args)
+        return real(conn, table, schema, *args, **kwargs)
 
     monkeypatch.setattr(parquet, "record_batches", fail_on_events)
-    assert main(["export", str(db), "--parquet", str(tmp_path / "pq")]) == 1
-    assert capsys.readouterr().err == f"whyprobe: cannot write {tmp_path / 'pq'}: No space left on device\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db"]
+    assert main(["export", str(db), "--parquet", str(out)]) == 1
+    assert capsys.readouterr().err == f"whyprobe: cannot write {out}: No space left on device\n"
+    assert list(out.rglob("*")) == []
 
 
 def test_duckdb_copy(tmp_path: Path, capsys) -> None:

@@ -146,3 +146,63 @@ def test_refuses_existing_out_and_input_as_out(shared_data, tmp_path):
         merge_traces([shared_data / NODES[0]], out)
     with pytest.raises(StoreError, match="Output would overwrite an input"):
         merge_traces([out], out, force=True)
+
+
+def test_merge_keeps_findings_mcp_tables_and_audit_rows_with_ids_remapped(tmp_path):
+    from export_synth import FINDING_SUMMARY, make_db
+
+    a, b = make_db(tmp_path / "node-a.db"), make_db(tmp_path / "node-b.db")
+    for path in (a, b):
+        with sqlite3.connect(path) as conn:
+            conn.execute("INSERT INTO audit_log(timestamp, client, tool, args_digest, allowed) VALUES (1, 'c', 'run_sql', 'd', 1)")
+            conn.execute(
+                "INSERT INTO mcp_messages(id, timestamp, connection, transport, direction, jsonrpc_id, method, kind, size, payload, request_id)"
+                " VALUES (2, 5, 'c1', 'http', 'server->client', '7', NULL, 'response', 10, '{}', 1)"
+            )
+    out = tmp_path / "fleet.db"
+    summary = merge_traces([a, b], out)
+    assert summary["warnings"] == []
+    assert q(out, "SELECT node, summary FROM findings ORDER BY id") == [("node-a", FINDING_SUMMARY), ("node-b", FINDING_SUMMARY)]
+    assert q(out, "SELECT node, count(*) FROM audit_log GROUP BY node") == [("node-a", 1), ("node-b", 1)]
+    # message ids moved past node-a's, and each response still points at its own request
+    assert q(out, "SELECT id, node, kind, request_id FROM mcp_messages ORDER BY id") == [
+        (1, "node-a", "request", None), (2, "node-a", "response", 1), (3, "node-b", "request", None), (4, "node-b", "response", 3),
+    ]  # fmt: skip
+    assert q(out, "SELECT id, node, request_msg, tool_name FROM tool_calls ORDER BY id") == [(1, "node-a", 1, "read_file"), (2, "node-b", 3, "read_file")]
+    # the event each call links to is that node's cudaMalloc (its id renumbered in the merge)
+    linked = q(out, "SELECT c.node, e.node, e.pid, e.source, e.op FROM tool_call_events l JOIN tool_calls c ON c.id = l.call_id JOIN events e ON e.id = l.event_id ORDER BY c.id")
+    assert linked == [("node-a", "node-a", 300, 1, 1), ("node-b", "node-b", 300, 1, 1)]
+
+
+def test_two_traces_of_one_host_are_warned_about_and_can_be_named_apart(tmp_path):
+    paths = []
+    for i in range(2):
+        rows = np.zeros(3, ROW_DTYPE)
+        rows["timestamp"] = 10**18 + np.arange(3)
+        path = tmp_path / f"run{i}.db"
+        with Writer(path, session={"node": "gpu-7"}) as w:
+            w.put_events(rows)
+        paths.append(path)
+    summary = merge_traces(paths, tmp_path / "same.db")
+    assert summary["warnings"] == [
+        f"2 inputs are node 'gpu-7' ({paths[0]}, {paths[1]}): their events share that node; name them apart with --node DB=NAME"
+    ]
+    merge_traces(paths, tmp_path / "apart.db", node_names={str(paths[1]): "gpu-7-rerun"})
+    assert q(tmp_path / "apart.db", "SELECT node, count(*) FROM events GROUP BY node") == [("gpu-7", 3), ("gpu-7-rerun", 3)]
+    assert q(tmp_path / "apart.db", "SELECT node_from FROM merge_inputs ORDER BY idx") == [("sessions.node",), ("--node",)]
+    with pytest.raises(StoreError, match="--node names no input database: nope.db"):
+        merge_traces(paths, tmp_path / "x.db", node_names={"nope.db": "n"})
+
+
+def test_merge_cli_prints_the_shared_node_warning(tmp_path, capsys):
+    from whyprobe.commands import main
+
+    paths = []
+    for i in range(2):
+        with Writer(tmp_path / f"r{i}.db", session={"node": "box"}) as w:
+            w.put_events(np.zeros(1, ROW_DTYPE))
+        paths.append(str(tmp_path / f"r{i}.db"))
+    assert main(["merge", *paths, "--out", str(tmp_path / "m.db")]) == 0
+    assert "whyprobe: warning: 2 inputs are node 'box'" in capsys.readouterr().err
+    assert main(["merge", *paths, "--out", str(tmp_path / "n.db"), "--node", "bogus"]) == 2
+    assert capsys.readouterr().err == "whyprobe: --node wants DB=NAME (e.g. a.db=gpu-node-01), got 'bogus'\n"

@@ -17,6 +17,13 @@ it, for the server and every descendant (fork events and `process_names`):
   interval ∩ on-CPU), user = the rest. Exact to the scheduler's clock, not
   sampled; page faults and interrupts count as user.
 
+Files are split three ways, so what the tool itself touched comes first:
+shared objects go to `libraries` (full paths, from the opens of the loader and
+dlopen; a mapping with no open in the window keeps the mmap's basename);
+what a runtime opens on its own (the loader's cache, locale and gconv files,
+Python imports and bytecode, node_modules, /proc/self, /dev/null) is grouped
+in `runtime` and counted; the rest, the tool's own, stays in `files`.
+
 A call alone on its server in its window is `'exclusive'`. Overlapping calls
 are told apart by thread where the server's threads allow it: when every call
 of an overlapping cluster has a known handler thread (the server thread that
@@ -30,9 +37,12 @@ answering every call) each gets the whole tree's activity in its window:
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from whyprobe.syscalls_x86_64 import syscall_name
@@ -44,6 +54,20 @@ NR_CONNECT = 42
 NR_MMAP = 9
 NR_EXECVE = (59, 322)
 TOP_SYSCALLS = 8
+
+_SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
+# (group, path prefixes, path fragments): files a runtime opens whatever the tool does.
+RUNTIME_GROUPS = (
+    ("loader", ("/etc/ld.so.cache", "/etc/ld.so.preload"), ("/glibc-hwcaps/",)),
+    ("locale", ("/usr/lib/locale/", "/usr/share/locale/", "/usr/share/i18n/", "/usr/share/zoneinfo/", "/etc/localtime"),
+     ("/gconv/",)),
+    ("python", (), ("/__pycache__/", "/site-packages/", "/dist-packages/", "/pyvenv.cfg")),
+    ("node", (), ("/node_modules/",)),
+    ("process", ("/proc/self/", "/proc/thread-self/", "/sys/devices/system/cpu/", "/sys/fs/cgroup/", "/dev/null",
+                 "/dev/urandom", "/dev/random", "/dev/tty", "/dev/pts/"), ()),
+)
+RUNTIME_GROUP_NAMES = tuple(g for g, _, _ in RUNTIME_GROUPS)
+_PYTHON_LIB = re.compile(r"/lib(64)?/python3[.\d]*/")
 
 
 @dataclass
@@ -67,6 +91,7 @@ class Footprint:
     cuda_calls: int = 0
     top_syscalls: dict[str, list[int]] = field(default_factory=dict)  # name -> [count, ns]
     files_failed: list[str] = field(default_factory=list)
+    runtime: dict[str, list[str]] = field(default_factory=dict)  # group -> paths a runtime opened (RUNTIME_GROUPS)
     handler_tid: int = 0  # the server thread that wrote the response (0: unknown)
     pids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
@@ -77,7 +102,7 @@ class Footprint:
 
     def summary(self) -> dict[str, Any]:
         return {"top_syscalls": self.top_syscalls, "files_failed": self.files_failed, "pids": self.pids,
-                "handler_tid": self.handler_tid}
+                "handler_tid": self.handler_tid, "runtime_files": self.runtime}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,10 +111,46 @@ class Footprint:
             "is_error": self.is_error, "attribution": self.attribution,
             "cpu_user_ns": self.cpu_user_ns, "cpu_sys_ns": self.cpu_sys_ns,
             "syscalls": self.syscalls, "syscall_ns": self.syscall_ns, "top_syscalls": self.top_syscalls,
-            "files": self.files, "files_failed": self.files_failed, "endpoints": self.endpoints,
+            "files": self.files, "files_failed": self.files_failed,
+            "runtime": {g: len(paths) for g, paths in self.runtime.items()}, "runtime_files": self.runtime,
+            "endpoints": self.endpoints,
             "children": self.children, "libraries": self.libraries, "block_bytes": self.block_bytes,
             "cuda_calls": self.cuda_calls, "pids": self.pids, "handler_tid": self.handler_tid,
         }
+
+
+def file_group(path: str) -> str:
+    """'library' for a shared object, a RUNTIME_GROUPS name for runtime noise, '' for the tool's own."""
+    if _SHARED_OBJECT.search(os.path.basename(path)):
+        return "library"
+    for group, prefixes, fragments in RUNTIME_GROUPS:
+        if path.startswith(prefixes) or any(f in path for f in fragments):
+            return group
+    if path.endswith(".pyc") or _PYTHON_LIB.search(path):
+        return "python"
+    return ""
+
+
+def _split_files(call: "Footprint", opened: list[str], failed: list[str], mapped: list[str]) -> None:
+    """files / files_failed (the tool's own), libraries (full paths first), runtime (grouped)."""
+    runtime: dict[str, list[str]] = {}
+    libraries: list[str] = []
+    for path in dict.fromkeys(opened):
+        group = file_group(path)
+        if group == "library":
+            libraries.append(path)
+        else:
+            (runtime.setdefault(group, []) if group else call.files).append(path)
+    for path in dict.fromkeys(failed):
+        group = file_group(path)
+        if group == "library":
+            group = "loader"  # the loader's (or an import's) search path, tried in turn
+        (runtime.setdefault(group, []) if group else call.files_failed).append(path)
+    # A mapping of a file opened in the window is that file (the loader opens a symlink, the
+    # mmap names its target: libsqlite3.so.0 -> libsqlite3.so.0.8.6).
+    named = {os.path.basename(q) for p in dict.fromkeys(opened) for q in (p, os.path.realpath(p))}
+    call.libraries = list(dict.fromkeys(libraries + [m for m in mapped if os.path.basename(m) not in named]))
+    call.runtime = {g: list(dict.fromkeys(runtime[g])) for g in RUNTIME_GROUP_NAMES if g in runtime}
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
@@ -179,6 +240,9 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
     times: Counter[int] = Counter()
     execs: list[str] = []  # argv from the proc family's exec events
     execve_paths: list[str] = []  # the syscall's path, when there is no proc family
+    opened: list[str] = []
+    failed: list[str] = []
+    mapped: list[str] = []  # basenames: the mmap event names only the file
     for eid, ts, pid, tid, source, op, dur, arg0, ret, detail in rows:
         if source == Source.HOST and op == HOST_SCHED_SWITCH:
             switches.setdefault(tid, []).append((ts, dur))
@@ -193,12 +257,12 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
             counts[op] += 1
             times[op] += min(ts + dur, b) - ts  # a read still blocked at the response belongs to the next call
             if op in NR_READ_OPEN and detail:
-                (call.files if ret >= 0 else call.files_failed).append(detail)
+                (opened if ret >= 0 else failed).append(detail)
             elif op == NR_CONNECT and detail:
                 call.endpoints.append(detail)
             elif op == NR_MMAP and detail and ret >= 0 and detail not in seen_libs.setdefault(pid, set()):
                 seen_libs[pid].add(detail)
-                call.libraries.append(detail)
+                mapped.append(detail)
             elif op in NR_EXECVE and detail and ret >= 0:
                 execve_paths.append(detail)
         elif source == Source.HOST and op == HOST_EXEC and detail:
@@ -218,8 +282,7 @@ def footprint(conn: sqlite3.Connection, call: Footprint, seen_libs: dict[int, se
     call.syscalls = sum(counts.values())
     call.syscall_ns = sum(times.values())
     call.top_syscalls = {syscall_name(nr): [n, int(times[nr])] for nr, n in counts.most_common(TOP_SYSCALLS)}
-    call.files = list(dict.fromkeys(call.files))
-    call.files_failed = list(dict.fromkeys(call.files_failed))
+    _split_files(call, opened, failed, mapped)
     call.endpoints = list(dict.fromkeys(call.endpoints))
     return call
 
@@ -292,3 +355,15 @@ def store(conn: sqlite3.Connection, calls: Sequence[Footprint]) -> None:
             "INSERT OR IGNORE INTO tool_call_events(call_id, event_id) VALUES (?, ?)",
             [(c.call_id, e) for c in calls for e in c.event_ids],
         )
+
+
+def analyze_and_store(path: Path, handler_tids: Mapping[int, int]) -> list[Footprint]:
+    """Footprints of a finished capture's tool calls (tool_calls.id -> handler thread), written
+    back into its database."""
+    conn = sqlite3.connect(str(path))
+    try:
+        calls = analyze(conn, list(handler_tids), handler_tids)
+        store(conn, calls)
+    finally:
+        conn.close()
+    return calls

@@ -18,7 +18,9 @@
  * space from the tracepoint's format file). A filter, an OR of up to
  * CUSTOM_MAX_OR groups of up to CUSTOM_MAX_AND comparisons, is evaluated
  * here, before any ring space is reserved; each entry that passes emits its
- * own event. */
+ * own event. A string comparison (`rwbs ~ '.*W.*'`) runs a DFA compiled in
+ * user space (strmatch.py) over the field's bytes: one table lookup per byte,
+ * up to the first NUL or CUSTOM_STR_MAX bytes, no string formatting here. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -36,6 +38,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define CUSTOM_MAX_AND 4
 #define CUSTOM_NARGS 3
 #define CUSTOM_MAX_SAME 8 /* config entries on one tracepoint */
+#define CUSTOM_DFA_STATES 32
+#define CUSTOM_DFA_CLASSES 16
+#define CUSTOM_STR_MAX 64
 
 enum custom_cmp {
 	CMP_EQ = 1,
@@ -44,14 +49,23 @@ enum custom_cmp {
 	CMP_LE = 4,
 	CMP_GT = 5,
 	CMP_GE = 6,
-	CMP_AND = 7, /* (field & value) != 0 */
+	CMP_AND = 7,	 /* (field & value) != 0 */
+	CMP_MATCH = 8,	 /* string field matches pattern `value` (index in tp_patterns) */
+	CMP_NOMATCH = 9, /* ... does not match */
 };
 
-/* A numeric field of a tracepoint record: size 0 = unused slot. */
+enum field_kind {
+	FIELD_UNSIGNED = 0,
+	FIELD_SIGNED = 1,
+	FIELD_CHARS = 2,    /* char name[size], in the record */
+	FIELD_DATA_LOC = 3, /* __data_loc char[]: u32 (length << 16 | offset) */
+};
+
+/* A field of a tracepoint record: size 0 = unused slot. */
 struct tp_field {
 	__u16 offset;
 	__u8 size;
-	__u8 is_signed;
+	__u8 kind; /* enum field_kind */
 };
 
 struct tp_cond {
@@ -74,6 +88,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tp_spec);
 } tp_specs SEC(".maps");
+
+/* A full-match DFA: byte -> class, (state, class) -> state, accepting states. */
+struct tp_pattern {
+	__u8 classes[256];
+	__u8 next[CUSTOM_DFA_STATES * CUSTOM_DFA_CLASSES];
+	__u32 accept; /* bit s: state s accepts */
+	__u32 start;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* resized to the number of patterns in the filters */
+	__type(key, __u32);
+	__type(value, struct tp_pattern);
+} tp_patterns SEC(".maps");
 
 struct frame {
 	__u64 ts;
@@ -222,19 +251,19 @@ static __always_inline __u64 read_field(void *ctx, const struct tp_field *f)
 		__u8 v = 0;
 
 		bpf_probe_read_kernel(&v, sizeof(v), (void *)at);
-		return f->is_signed ? (__u64)(__s64)(__s8)v : v;
+		return f->kind == FIELD_SIGNED ? (__u64)(__s64)(__s8)v : v;
 	}
 	case 2: {
 		__u16 v = 0;
 
 		bpf_probe_read_kernel(&v, sizeof(v), (void *)at);
-		return f->is_signed ? (__u64)(__s64)(__s16)v : v;
+		return f->kind == FIELD_SIGNED ? (__u64)(__s64)(__s16)v : v;
 	}
 	case 4: {
 		__u32 v = 0;
 
 		bpf_probe_read_kernel(&v, sizeof(v), (void *)at);
-		return f->is_signed ? (__u64)(__s64)(__s32)v : v;
+		return f->kind == FIELD_SIGNED ? (__u64)(__s64)(__s32)v : v;
 	}
 	case 8: {
 		__u64 v = 0;
@@ -250,7 +279,7 @@ static __always_inline __u64 read_field(void *ctx, const struct tp_field *f)
 static __always_inline bool compare(__u64 x, const struct tp_cond *c)
 {
 	__u64 y = c->value;
-	bool s = c->field.is_signed;
+	bool s = c->field.kind == FIELD_SIGNED;
 
 	switch (c->cmp) {
 	case CMP_EQ:
@@ -272,6 +301,52 @@ static __always_inline bool compare(__u64 x, const struct tp_cond *c)
 	}
 }
 
+/* Does the string field match pattern `idx` in full? A subprogram, verified once (not per
+ * inlined call site); the record comes as an address, as bpf_probe_read_kernel reads it. */
+static __noinline bool matches(__u64 record, __u32 offset, __u32 size, __u32 kind, __u32 idx)
+{
+	char buf[CUSTOM_STR_MAX] = {};
+	struct tp_pattern *p = bpf_map_lookup_elem(&tp_patterns, &idx);
+	__u32 state, len = size;
+	__u64 at = record + (offset & 0xffff);
+
+	if (!p)
+		return false;
+	if (kind == FIELD_DATA_LOC) {
+		__u32 loc = 0;
+
+		bpf_probe_read_kernel(&loc, sizeof(loc), (void *)at);
+		at = record + (loc & 0xffff);
+		len = loc >> 16;
+	}
+	state = p->start;
+	if (len > CUSTOM_STR_MAX)
+		len = CUSTOM_STR_MAX;
+	if (!len)
+		return (p->accept >> (state & (CUSTOM_DFA_STATES - 1))) & 1;
+	/* The same 1..CUSTOM_STR_MAX, in a form whose bound the verifier sees on any register copy. */
+	if (bpf_probe_read_kernel(buf, ((len - 1) & (CUSTOM_STR_MAX - 1)) + 1, (void *)at))
+		return false;
+	for (__u32 i = 0; i < CUSTOM_STR_MAX; i++) {
+		__u8 c;
+
+		if (i >= len)
+			break;
+		c = buf[i];
+		if (!c)
+			break;
+		state = p->next[(state & (CUSTOM_DFA_STATES - 1)) * CUSTOM_DFA_CLASSES + (p->classes[c] & (CUSTOM_DFA_CLASSES - 1))];
+	}
+	return (p->accept >> (state & (CUSTOM_DFA_STATES - 1))) & 1;
+}
+
+static __always_inline bool holds(void *ctx, const struct tp_cond *c)
+{
+	if (c->cmp == CMP_MATCH || c->cmp == CMP_NOMATCH)
+		return matches((__u64)ctx, c->field.offset, c->field.size, c->field.kind, c->value) == (c->cmp == CMP_MATCH);
+	return compare(read_field(ctx, &c->field), c);
+}
+
 static __always_inline bool passes(void *ctx, const struct tp_spec *spec)
 {
 	if (!spec->n_or)
@@ -284,7 +359,7 @@ static __always_inline bool passes(void *ctx, const struct tp_spec *spec)
 		for (int j = 0; j < CUSTOM_MAX_AND; j++) {
 			if (j >= spec->n_and[i])
 				break;
-			if (!compare(read_field(ctx, &spec->cond[i][j].field), &spec->cond[i][j])) {
+			if (!holds(ctx, &spec->cond[i][j])) {
 				all = false;
 				break;
 			}

@@ -37,7 +37,6 @@ struct io_args {
 	__u32 pad2;
 	__u64 ssl;     /* SSL* for TLS */
 	__u64 written; /* size_t* of SSL_*_ex */
-	__u64 ts_ns;   /* SSL calls: entry time */
 };
 
 struct {
@@ -55,7 +54,7 @@ struct {
 	__type(value, struct io_args);
 } ssl_inflight SEC(".maps");
 
-/* tid -> SSL_do_handshake in flight (ssl, ts_ns). */
+/* tid -> SSL_do_handshake in flight (ssl). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -71,10 +70,11 @@ struct {
  *   The first CIPHER_HEAD bytes of every TCP read are remembered (cipher_seen); BIO_write on a
  *   BIO that SSL_set_bio gave an SSL* looks them up: an exact binding, whatever the event loop
  *   ran in between.
- * - Socket BIO (blocking ssl sockets): the socket read happens inside SSL_do_handshake/SSL_read
- *   on the same thread: the thread's TCP read newer than the call's entry is the socket.
- * - Otherwise (a BIO of the application's own, like node's): the thread's last TCP read before
- *   the call, the one that delivered the bytes when the application feeds OpenSSL synchronously.
+ * - Otherwise the thread's last TCP read not yet claimed by an SSL call: with a socket BIO
+ *   (blocking ssl sockets) the read inside SSL_do_handshake/SSL_read; with a BIO of the
+ *   application's own (node's), the read that delivered the bytes just before, as the
+ *   application feeds OpenSSL synchronously. Each read is claimed by the first SSL call after
+ *   it, so an SSL* that had no read of its own yet is left unbound.
  * Every server and client reads (the handshake) before it sends application data, so the binding
  * exists before the first message. SSL_free forgets it (addresses are reused). */
 #define CIPHER_HEAD 32
@@ -93,7 +93,6 @@ struct cipher_key {
 
 struct tcp_read {
 	__u64 conn;
-	__u64 ts_ns;
 };
 
 struct {
@@ -300,7 +299,7 @@ static __always_inline void capture(struct io_args *a, __u64 id, __s64 ret, __u6
 
 static __always_inline void note_tcp_read(struct io_args *a, __u64 id, __s64 ret, __u64 conn)
 {
-	struct tcp_read r = {.conn = conn, .ts_ns = bpf_ktime_get_ns()};
+	struct tcp_read r = {.conn = conn};
 	struct cipher_key k = {.tgid = id >> 32};
 	__u32 tid = (__u32)id;
 	__u64 buf = a->buf;
@@ -319,9 +318,9 @@ static __always_inline void note_tcp_read(struct io_args *a, __u64 id, __s64 ret
 		bpf_map_update_elem(&cipher_seen, &k, &conn, BPF_ANY);
 }
 
-/* The binding the thread's reads prove for an SSL* that has none: one made inside the call
- * (socket BIO), else, when `fallback`, the last one before it. */
-static __always_inline __u64 *bind_by_thread(struct ssl_key *k, __u64 id, __u64 entry_ns, bool fallback)
+/* The binding the thread's last TCP read proves for an SSL* that has none. Every SSL call
+ * claims that read (ssl_exit): a read names at most one SSL*, the first one used after it. */
+static __always_inline __u64 *bind_by_thread(struct ssl_key *k, __u64 id)
 {
 	__u32 tid = (__u32)id;
 	struct tcp_read *r;
@@ -330,7 +329,7 @@ static __always_inline __u64 *bind_by_thread(struct ssl_key *k, __u64 id, __u64 
 	if (tcp)
 		return tcp;
 	r = bpf_map_lookup_elem(&last_tcp_read, &tid);
-	if (!r || (!fallback && r->ts_ns < entry_ns))
+	if (!r)
 		return NULL;
 	bpf_map_update_elem(&ssl_conns, k, &r->conn, BPF_ANY);
 	return bpf_map_lookup_elem(&ssl_conns, k);
@@ -452,7 +451,6 @@ static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 written, __u16 
 	a.written = written;
 	a.fd = -1;
 	a.kind = kind;
-	a.ts_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&ssl_inflight, &id, &a, BPF_ANY);
 	return 0;
 }
@@ -461,9 +459,13 @@ static __always_inline int ssl_exit(__s64 ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct io_args *a = bpf_map_lookup_elem(&ssl_inflight, &id);
+	struct ssl_key k = {.tgid = id >> 32};
+	__u32 tid = (__u32)id;
+	__u64 *tcp = NULL;
 
 	if (!a)
 		return 0;
+	k.ptr = a->ssl;
 	if (a->written) {
 		__u64 n = 0;
 
@@ -473,16 +475,18 @@ static __always_inline int ssl_exit(__s64 ret)
 		else
 			ret = 0;
 	}
-	if (ret > 0) {
-		struct ssl_key k = {.ptr = a->ssl, .tgid = id >> 32};
-		__u64 *tcp = bind_by_thread(&k, id, a->ts_ns, a->kind == WP_PL_SSL_READ);
-
-		/* WP_PL_TLS|WP_PL_TCP: conn is the TCP connection id; WP_PL_TLS alone: the SSL*. */
-		if (tcp)
-			capture(a, id, ret, *tcp, WP_PL_TLS | WP_PL_TCP);
-		else
-			capture(a, id, ret, a->ssl, WP_PL_TLS);
-	}
+	/* Whatever the call returns: node has no SSL_do_handshake and no BIO_write (its BIO is
+	 * its own); the handshake ends inside whichever SSL_read or SSL_write runs right after the
+	 * read that brought the server's Finished (node cycles one connection at a time: pending
+	 * writes, then reads). Claimed, that read cannot name a later, unrelated SSL* (a new
+	 * connection's ClientHello comes out of an SSL call too, before any read of its own). */
+	tcp = bind_by_thread(&k, id);
+	bpf_map_delete_elem(&last_tcp_read, &tid);
+	/* WP_PL_TLS|WP_PL_TCP: conn is the TCP connection id; WP_PL_TLS alone: the SSL*. */
+	if (ret > 0 && tcp)
+		capture(a, id, ret, *tcp, WP_PL_TLS | WP_PL_TCP);
+	else if (ret > 0)
+		capture(a, id, ret, a->ssl, WP_PL_TLS);
 	bpf_map_delete_elem(&ssl_inflight, &id);
 	return 0;
 }
@@ -526,7 +530,6 @@ int BPF_KPROBE(handle_ssl_handshake, void *ssl)
 	if (!wp_traced(id >> 32))
 		return 0;
 	a.ssl = (__u64)ssl;
-	a.ts_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&handshakes, &id, &a, BPF_ANY);
 	return 0;
 }
@@ -535,6 +538,7 @@ SEC("uretprobe")
 int BPF_KRETPROBE(handle_ssl_handshake_ret, int ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
 	struct io_args *a = bpf_map_lookup_elem(&handshakes, &id);
 
 	if (!a)
@@ -542,8 +546,9 @@ int BPF_KRETPROBE(handle_ssl_handshake_ret, int ret)
 	if (ret == 1) {
 		struct ssl_key k = {.ptr = a->ssl, .tgid = id >> 32};
 
-		bind_by_thread(&k, id, a->ts_ns, true);
+		bind_by_thread(&k, id);
 	}
+	bpf_map_delete_elem(&last_tcp_read, &tid);
 	bpf_map_delete_elem(&handshakes, &id);
 	return 0;
 }

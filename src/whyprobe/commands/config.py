@@ -23,12 +23,17 @@ def register(app: typer.Typer) -> None:
           whyprobe config --example > whyprobe.yaml
           whyprobe config --check whyprobe.yaml
         """
-        from whyprobe.config import example_yaml, load_config
+        from whyprobe.config import load_config, tool_plan
+        from whyprobe.config_example import example_yaml
 
         if example == (check is not None):
             raise CommandError("give exactly one of --example or --check FILE", exit_code=2)
+        from whyprobe.server.app import tool_catalog
+
+        catalog = tool_catalog()
         if example:
-            sys.stdout.write(example_yaml())
+            sys.stdout.write(example_yaml(catalog))
             return
-        load_config(check)
+        cfg = load_config(check)
+        tool_plan(cfg.tools, [name for name, _, _ in catalog])  # tool names are checked against the server's
         print(f"{check}: OK")

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         perfetto: Optional[Path] = typer.Option(None, "--perfetto", metavar="OUT.pftrace", help="Perfetto protobuf trace (open in ui.perfetto.dev)."),
         chrome: Optional[Path] = typer.Option(None, "--chrome", metavar="OUT.json", help="Chrome trace-event JSON."),
         otlp: Optional[str] = typer.Option(None, "--otlp", metavar="URL", help="Send spans and metrics to an OTLP/HTTP receiver, e.g. http://127.0.0.1:4318."),
-        parquet: Optional[Path] = typer.Option(None, "--parquet", metavar="DIR", help="One Parquet file per table in DIR."),
+        parquet: Optional[Path] = typer.Option(None, "--parquet", metavar="DIR", help="Add this trace to the Parquet dataset DIR: DIR/<table>/node=<node>/<trace>.parquet (many nodes, one DIR)."),
         duckdb: Optional[Path] = typer.Option(None, "--duckdb", metavar="OUT.duckdb", help="A DuckDB copy of every table."),
         min_duration: Optional[str] = typer.Option(None, "--min-duration", metavar="DUR", help="Timeline/OTLP: skip events shorter than this (e.g. 1ms); instants are kept."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         \b
           whyprobe export t.db --perfetto t.pftrace
           whyprobe export t.db --otlp http://127.0.0.1:4318 --min-duration 1ms  # not run here: needs an OTLP collector
-          whyprobe export t.db --parquet t-parquet/
+          whyprobe export t.db --parquet fleet-parquet/
         """
         from whyprobe.store.reader import open_trace
         from whyprobe.units import UnitError, parse_duration_ns
@@ -49,16 +49,16 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             from whyprobe.export.files import check_target
 
-            check_target(out, force=force, directory=parquet is not None)
+            check_target(out, force=force or parquet is not None)
         with open_trace(db) as trace:
             try:
-                message = _export(trace, chosen[0], out, otlp, min_ns)
+                message = _export(trace, chosen[0], out, otlp, min_ns, force)
             except OSError as exc:
                 raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from None
         print(message, file=sys.stderr)
 
 
-def _export(trace, kind: str, out: Path | None, url: str | None, min_ns: int) -> str:
+def _export(trace, kind: str, out: Path | None, url: str | None, min_ns: int, force: bool) -> str:
     if kind == "--otlp":
         from whyprobe.export.otlp import send_otlp
 
@@ -68,11 +68,12 @@ def _export(trace, kind: str, out: Path | None, url: str | None, min_ns: int) ->
             f"{result.histogram_series} duration histograms to {url}"
         )
     if kind == "--parquet":
-        from whyprobe.export.files import atomic_dir
         from whyprobe.export.parquet import write_parquet
 
-        with atomic_dir(out) as tmp:
-            rows = write_parquet(trace, tmp)
+        if out.exists() and not out.is_dir():
+            raise CommandError(f"Not a directory: {out}")
+        out.mkdir(exist_ok=True)
+        rows = write_parquet(trace, out, force=force)
         return f"Wrote {out}/ ({len(rows)} tables, {rows.get('events', 0)} events)"
     if kind == "--duckdb":
         from whyprobe.export.duckdb_backend import copy_into_duckdb

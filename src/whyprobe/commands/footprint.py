@@ -60,7 +60,6 @@ def register(app: typer.Typer) -> None:
 
 def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, tls: bool, json_out: bool, force: bool) -> None:
     import os
-    import sqlite3
 
     import orjson
     from rich.console import Console
@@ -86,13 +85,7 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
             result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
-    ids = [cid for cid, _ in recorder.calls]
-    conn = sqlite3.connect(str(out))
-    try:
-        calls = fp.analyze(conn, ids, {cid: c.handler_tid for cid, c in recorder.calls})
-        fp.store(conn, calls)
-    finally:
-        conn.close()
+    calls = fp.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
     servers = {s.server_pid: s.server_name or "" for s in recorder.pipeline.sessions if s.server_pid}
     if json_out:
         doc = reporter.to_json(calls)

@@ -22,6 +22,16 @@ def _parse_skews(values: list[str]) -> dict[str, int]:
     return skews
 
 
+def _parse_nodes(values: list[str]) -> dict[str, str]:
+    nodes = {}
+    for value in values:
+        db, sep, name = value.rpartition("=")
+        if not sep or not db or not name:
+            raise CommandError(f"--node wants DB=NAME (e.g. a.db=gpu-node-01), got {value!r}", exit_code=2)
+        nodes[db] = name
+    return nodes
+
+
 def register(app: typer.Typer) -> None:
     @app.command("merge")
     def merge(
@@ -31,8 +41,12 @@ def register(app: typer.Typer) -> None:
         clock_skew: Optional[List[str]] = typer.Option(
             None, "--clock-skew", help="NODE=NS: that node's clock minus the reference, subtracted from its timestamps (repeatable)."
         ),
+        node: Optional[List[str]] = typer.Option(
+            None, "--node", help="DB=NAME: the node of that input, e.g. when two traces come from one host (repeatable)."
+        ),
     ) -> None:
         """Merge per-node databases: every event gets its node; timestamps go onto one clock.
+        Findings, MCP messages, tool calls and audit rows are kept, with their node.
 
         \b
           whyprobe merge node-01.db node-02.db node-03.db --out fleet.db
@@ -40,7 +54,11 @@ def register(app: typer.Typer) -> None:
         """
         from whyprobe.store.merge import merge_traces
 
-        summary = merge_traces(dbs, out, force=force, clock_skew_ns=_parse_skews(clock_skew or []))
+        summary = merge_traces(
+            dbs, out, force=force, clock_skew_ns=_parse_skews(clock_skew or []), node_names=_parse_nodes(node or [])
+        )
+        for warning in summary["warnings"]:
+            typer.echo(f"whyprobe: warning: {warning}", err=True)
         for s in summary["inputs"]:
             skew = f", clock corrected by {s['clock_skew_ns']} ns" if s["clock_skew_ns"] else ""
             typer.echo(f"  {s['path']}: node {s['node']} ({s['node_from']}), {s['events']:,} events{skew}")

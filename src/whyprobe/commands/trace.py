@@ -99,12 +99,14 @@ def register(app: typer.Typer) -> None:
         ring_size = ring_bytes(ring) if ring else (cfg.storage.ring_size if cfg else DEFAULT_RING)
         if cfg and not probes:
             probes = ",".join(cfg.probes.families + (["custom"] if cfg.probes.uprobes or cfg.probes.tracepoints else []))
+        pid = _config_pids(cfg, list(pid), cmd, all_procs)
         check_targets(pid, cmd, args, "trace", all_procs=all_procs)
         check_out(out, force)
         if serve:
             from whyprobe.server.security import SecuritySettings, parse_bind, required_token
 
-            required_token(SecuritySettings(), parse_bind(serve)[0])  # refuse a tokenless public bind now, not later
+            settings = SecuritySettings(**cfg.security.settings_kwargs()) if cfg else SecuritySettings()
+            required_token(settings, parse_bind(serve)[0])  # refuse a tokenless public bind now, not later
         names, explicit = _family_names(probes, stack)
         from whyprobe import probes as registry
 
@@ -148,6 +150,7 @@ def register(app: typer.Typer) -> None:
             json_out=json_out,
             force=force,
             cfg=cfg,
+            config_path=config,
             metrics=metrics,
             explain=explain,
             serve=serve,
@@ -164,10 +167,24 @@ def _load_config(path: Optional[Path]):
     return load_config(path)
 
 
+def _config_pids(cfg, pid: list[int], cmd: bool, all_procs: bool) -> list[int]:
+    """security.pid_filtering in a trace: a list names the targets when the command line names none;
+    true (record only the traced processes) cannot go with --all."""
+    if cfg is None:
+        return pid
+    filtering = cfg.security.pid_filtering
+    if filtering is True and all_procs:
+        raise CommandError("security.pid_filtering: true records only the traced processes; drop --all or set pid_filtering: false")
+    if isinstance(filtering, list) and filtering and not (pid or cmd or all_procs):
+        return list(filtering)
+    return pid
+
+
 def _apply_config(cfg, options) -> None:
     options.max_events_per_sec = int(cfg.storage.max_events_per_second or 0)
     options.max_db_mb = float(cfg.storage.max_db_mb or 0)
     options.retention_hours = float(cfg.storage.retention_hours or 0)
+    options.precision_ns = cfg.storage.precision_ms * 1_000_000
 
 
 def _observers(options, metrics: Optional[str], explain: bool):
@@ -201,6 +218,7 @@ def _run(
     json_out: bool,
     force: bool,
     cfg,
+    config_path: Optional[Path],
     metrics: Optional[str],
     explain: bool,
     serve: Optional[str],
@@ -223,7 +241,15 @@ def _run(
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
-    fams = registry.families(names, cuda={"libraries": cuda_libs}, custom=custom)
+    fams = registry.families([n for n in names if n != "wire"], cuda={"libraries": cuda_libs}, custom=custom)
+    recorder = None
+    if "wire" in names:
+        # The recorder, not the bare family: what the wire captures is decoded and stored
+        # (mcp_messages, tool_calls), beside the CUDA, scheduler and syscall events.
+        from whyprobe.record.wire import WireRecorder
+
+        recorder = WireRecorder(ignore_pids={os.getpid()})
+        fams.append(recorder)
     if force:
         remove_db(out)
     reported: set[str] = set()
@@ -241,7 +267,8 @@ def _run(
             # `whyprobe mcp --http`, with its security rules, never slowing the drain.
             import subprocess
 
-            server = subprocess.Popen([sys.executable, "-m", "whyprobe", "mcp", "--db", str(out), "--http", "--bind", serve])
+            argv = [sys.executable, "-m", "whyprobe", "mcp", "--db", str(out), "--http", "--bind", serve]
+            server = subprocess.Popen(argv + (["--config", str(config_path)] if config_path else []))
             if not quiet and not json_out:
                 stderr.print(f"Serving this trace over MCP at http://{serve}/mcp", highlight=False)
         if not quiet and not json_out:
@@ -280,21 +307,28 @@ def _run(
             server.terminate()
             server.wait(10)
     summary, child_status = result.summary, result.command_status
+    if recorder is not None and recorder.calls:
+        from whyprobe.analyze import footprint
 
-    if cfg is not None and cfg.storage.backend == "duckdb":
+        footprint.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})
+
+    if cfg is not None and cfg.storage.backend in ("duckdb", "columnar"):
         from whyprobe.export.duckdb_backend import to_duckdb
 
         to_duckdb(out, out.with_suffix(".duckdb"))
         if not json_out:
-            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: duckdb)")
+            print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: {cfg.storage.backend})")
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
+        if recorder is not None:
+            doc.update(mcp_messages=recorder.messages_written, tool_calls=len(recorder.calls))
         if explainer is not None:
             doc["findings"] = explainer.findings()
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
-    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped)"
+    line = f"Wrote {out} ({summary.events:,} events, {summary.dropped:,} dropped"
+    line += f", {recorder.messages_written:,} MCP messages, {len(recorder.calls):,} tool calls)" if recorder is not None else ")"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
     print(line)

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-__all__ = ["exported_tables", "table_schema", "record_batches", "BATCH_ROWS"]
+__all__ = ["exported_tables", "table_schema", "record_batches", "quote", "BATCH_ROWS"]
 
 BATCH_ROWS = 65_536
 # affinity → (Arrow type, SQLite storage classes that fit it)
@@ -34,22 +34,37 @@ def exported_tables(conn: sqlite3.Connection) -> list[str]:
 
 def table_schema(conn: sqlite3.Connection, table: str) -> pa.Schema:
     fields = []
-    for _, name, declared, notnull, _, _ in conn.execute(f"PRAGMA table_info({_quote(table)})"):
+    for _, name, declared, notnull, _, _ in conn.execute(f"PRAGMA table_info({quote(table)})"):
         arrow_type, allowed = _TYPES[_affinity(declared)]
         if arrow_type != pa.string():
             marks = ", ".join("?" * len(allowed))
-            sql = f"SELECT count(*) FROM {_quote(table)} WHERE typeof({_quote(name)}) NOT IN ({marks}, 'null')"
+            sql = f"SELECT count(*) FROM {quote(table)} WHERE typeof({quote(name)}) NOT IN ({marks}, 'null')"
             if conn.execute(sql, allowed).fetchone()[0]:
                 arrow_type = pa.string()
         fields.append(pa.field(name, arrow_type, nullable=not notnull or arrow_type == pa.string()))
     return pa.schema(fields)
 
 
-def record_batches(conn: sqlite3.Connection, table: str, schema: pa.Schema, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+def record_batches(
+    conn: sqlite3.Connection,
+    table: str,
+    schema: pa.Schema,
+    batch_rows: int = BATCH_ROWS,
+    *,
+    computed: dict[str, str] | None = None,
+    where: str = "",
+    params: dict | tuple = (),
+) -> Iterator[pa.RecordBatch]:
+    """Rows of `table` in `schema`'s columns; a column named in `computed` is that SQL
+    expression instead (over the table aliased `t`), e.g. a resolved name or a constant."""
+    computed = computed or {}
     columns = ", ".join(
-        f"CAST({_quote(f.name)} AS TEXT)" if f.type == pa.string() else _quote(f.name) for f in schema
+        computed[f.name] if f.name in computed
+        else f"CAST(t.{quote(f.name)} AS TEXT)" if f.type == pa.string()
+        else f"t.{quote(f.name)}"
+        for f in schema
     )
-    cursor = conn.execute(f"SELECT {columns} FROM {_quote(table)}")
+    cursor = conn.execute(f"SELECT {columns} FROM {quote(table)} t {where}", params)
     while rows := cursor.fetchmany(batch_rows):
         arrays = [pa.array(column, type=f.type) for column, f in zip(zip(*rows), schema)]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -68,5 +83,5 @@ def _affinity(declared: str) -> str:
     return "real"
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'

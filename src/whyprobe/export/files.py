@@ -1,4 +1,4 @@
-"""Write export outputs whole or not at all: temp file/dir next to the target, then rename.
+"""Write export outputs whole or not at all: a temp file next to the target, then rename.
 
 A failed export (unwritable directory, bad input, a crash half-way) leaves
 nothing at the destination; an existing target is replaced only with force.
@@ -15,27 +15,18 @@ from typing import Iterator
 
 from whyprobe.errors import CommandError
 
-__all__ = ["check_target", "atomic_file", "atomic_dir"]
+__all__ = ["check_target", "atomic_file"]
 
 
-def check_target(path: Path, *, force: bool, directory: bool = False) -> None:
-    """Fail before any work if path's directory is missing/unwritable or path exists without force.
-
-    A directory target (Parquet) may already exist if it is empty.
-    """
+def check_target(path: Path, *, force: bool) -> None:
+    """Fail before any work if path's directory is missing/unwritable or path exists without force."""
     parent = path.resolve().parent
     if not parent.is_dir():
         raise CommandError(f"No such directory: {parent} (create it or choose another output path)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CommandError(f"Cannot write to directory: {parent} (permission denied)")
-    if force or not path.exists():
-        return
-    if not directory:
+    if not force and path.exists():
         raise CommandError(f"File exists, will not overwrite without --force: {path}")
-    if not path.is_dir():
-        raise CommandError(f"Not a directory: {path}")
-    if any(path.iterdir()):
-        raise CommandError(f"Directory is not empty, will not overwrite without --force: {path}")
 
 
 @contextmanager
@@ -50,22 +41,3 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temp directory next to path; it becomes path when the block succeeds."""
-    tmp = Path(tempfile.mkdtemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.is_dir() and not path.is_symlink():
-            old = Path(tempfile.mkdtemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / "prev")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

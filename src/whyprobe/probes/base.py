@@ -26,6 +26,8 @@ class TargetSpec:
     trace_all: bool = False
     # Libraries the target will load, resolved as its dynamic linker would (for --cmd).
     library_paths: list[str] = field(default_factory=list)
+    # The launched command's argv (--cmd): its executable can be probed before it runs.
+    command: list[str] = field(default_factory=list)
 
 
 class ProbeFamily(Protocol):

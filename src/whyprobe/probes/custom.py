@@ -15,8 +15,10 @@ Tracepoints: one program attached once per distinct tracepoint (the kernel
 refuses one program twice on a tracepoint); entries naming the same one take
 consecutive slots of the `tp_specs` map, and the attach cookie says which.
 Each filter is compiled here against the tracepoint's format file into
-(offset, size, signedness, comparison, value) terms and evaluated in the
-kernel; arg0..arg2 are the first three numeric fields that are neither common_*
+(offset, size, kind, comparison, value) terms and evaluated in the kernel;
+a string field (`char rwbs[8]`, `__data_loc char[] filename`) compared with
+`~ 'PATTERN'`, `!~`, `==` or `!=` a quoted text becomes a DFA in the
+`tp_patterns` map (strmatch.py says how patterns read); arg0..arg2 are the first three numeric fields that are neither common_*
 nor __syscall_nr (which the op already says).
 
 Both kinds record only traced processes (the shared pid filter), unless the
@@ -47,6 +49,7 @@ from whyprobe.kernel.libbpf import map_update
 from whyprobe.probes import libs
 from whyprobe.probes.base import TargetSpec
 from whyprobe.events import Source
+from whyprobe.strmatch import MAX_CLASSES, MAX_STATES, Dfa, PatternError, compile_pattern, literal_pattern
 
 TRACEPOINT_OP_BASE = 1000
 # Mirrors of bpf/custom.bpf.c.
@@ -56,16 +59,36 @@ MAX_OR = 4
 MAX_AND = 4
 NARGS = 3
 MAX_SAME = 8  # config entries on one tracepoint
-CMP = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6, "&": 7}
+CMP = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6, "&": 7, "~": 8, "!~": 9}
+# enum field_kind
+FIELD_UNSIGNED, FIELD_SIGNED, FIELD_CHARS, FIELD_DATA_LOC = 0, 1, 2, 3
 _NOT_ARGS = {"__syscall_nr"}
 
 
 class _Field(ct.Structure):
-    _fields_ = [("offset", ct.c_uint16), ("size", ct.c_uint8), ("is_signed", ct.c_uint8)]
+    _fields_ = [("offset", ct.c_uint16), ("size", ct.c_uint8), ("kind", ct.c_uint8)]
 
 
 class _Cond(ct.Structure):
     _fields_ = [("field", _Field), ("cmp", ct.c_uint32), ("value", ct.c_uint64)]
+
+
+class TpPatternStruct(ct.Structure):
+    """struct tp_pattern: one compiled string pattern (strmatch.Dfa)."""
+
+    _fields_ = [
+        ("classes", ct.c_uint8 * 256),
+        ("next", ct.c_uint8 * (MAX_STATES * MAX_CLASSES)),
+        ("accept", ct.c_uint32),
+        ("start", ct.c_uint32),
+    ]
+
+    @classmethod
+    def of(cls, dfa: Dfa) -> "TpPatternStruct":
+        out = cls(accept=dfa.accept, start=dfa.start)
+        ct.memmove(out.classes, dfa.classes, 256)
+        ct.memmove(out.next, dfa.next, len(dfa.next))
+        return out
 
 
 class TpSpecStruct(ct.Structure):
@@ -91,6 +114,11 @@ class TpField:
     @property
     def numeric(self) -> bool:
         return self.size in (1, 2, 4, 8) and "[" not in self.decl and not self.decl.startswith(("__data_loc", "__rel_loc"))
+
+    @property
+    def string(self) -> bool:
+        """A char array in the record, or a __data_loc string: what `~` and string == read."""
+        return self.decl.startswith("__data_loc char[]") or (self.decl.startswith(("char ", "const char ", "unsigned char ")) and "[" in self.decl)
 
     @property
     def common(self) -> bool:
@@ -121,14 +149,19 @@ def arg_fields(fields: Sequence[TpField]) -> list[TpField]:
 
 
 def _pack_field(f: TpField) -> _Field:
-    return _Field(f.offset, f.size, int(f.signed))
+    if f.string:
+        kind = FIELD_DATA_LOC if f.decl.startswith("__data_loc") else FIELD_CHARS
+        return _Field(f.offset, min(f.size, 255), kind)
+    return _Field(f.offset, f.size, FIELD_SIGNED if f.signed else FIELD_UNSIGNED)
 
 
-def compile_tracepoint(key: str, spec: TracepointSpec, fields: Sequence[TpField], op: int) -> TpSpecStruct:
+def compile_tracepoint(key: str, spec: TracepointSpec, fields: Sequence[TpField], op: int, patterns: list[Dfa] | None = None) -> TpSpecStruct:
     """The filter and argument layout of one tracepoint as the kernel program reads them.
 
-    `key` names the config entry in errors (probes.tracepoints[0]).
+    `key` names the config entry in errors (probes.tracepoints[0]). String
+    conditions append their DFA to `patterns` (the `tp_patterns` map) and refer to it by index.
     """
+    patterns = [] if patterns is None else patterns
     by_name = {f.name: f for f in fields}
     groups = spec.conditions()
     if len(groups) > MAX_OR:
@@ -141,10 +174,13 @@ def compile_tracepoint(key: str, spec: TracepointSpec, fields: Sequence[TpField]
         for j, (name, cmp, value) in enumerate(group):
             f = by_name.get(name)
             if f is None:
-                known = ", ".join(x.name for x in fields if x.numeric)
-                raise ConfigError(f"{key}.filter: {spec.name} has no field {name!r} (numeric fields: {known})")
+                known = ", ".join(x.name for x in fields if x.numeric or x.string)
+                raise ConfigError(f"{key}.filter: {spec.name} has no field {name!r} (fields: {known})")
+            if f.string:
+                out.cond[i][j] = _string_cond(key, spec, f, cmp, value, patterns)
+                continue
             if not f.numeric:
-                raise ConfigError(f"{key}.filter: field {name!r} of {spec.name} is {f.decl!r}, not a number; only numeric fields can be filtered")
+                raise ConfigError(f"{key}.filter: field {name!r} of {spec.name} is {f.decl!r}, neither a number nor a string; it cannot be filtered")
             if isinstance(value, str):
                 raise ConfigError(f"{key}.filter: field {name!r} is numeric; compare it with a number, not {value!r}")
             if not -(1 << 63) <= value < 1 << 64:
@@ -155,9 +191,25 @@ def compile_tracepoint(key: str, spec: TracepointSpec, fields: Sequence[TpField]
     return out
 
 
+def _string_cond(key: str, spec: TracepointSpec, f: TpField, cmp: str, value: int | str, patterns: list[Dfa]) -> _Cond:
+    """A string condition: `~`/`!~` a pattern, `==`/`!=` a literal, as a DFA the kernel runs."""
+    if not isinstance(value, str) or cmp not in ("==", "!=", "~", "!~"):
+        raise ConfigError(
+            f"{key}.filter: field {f.name!r} of {spec.name} is {f.decl!r}, a string; compare it with ~ 'PATTERN', !~, == \"text\" or !="
+        )
+    try:
+        dfa = compile_pattern(value if cmp in ("~", "!~") else literal_pattern(value))
+    except PatternError as exc:
+        raise ConfigError(f"{key}.filter: {f.name} {cmp} {value!r}: {exc}") from None
+    patterns.append(dfa)
+    return _Cond(_pack_field(f), CMP["~" if cmp in ("~", "==") else "!~"], len(patterns) - 1)
+
+
 def _name_matches(filename: str, name: str) -> bool:
     """libfoo.so matches libfoo.so and libfoo.so.2, libfoo matches libfoo.so.2 (shared objects only)."""
-    return filename == name or (filename.startswith(name + ".") and ".so" in filename[len(name) :])
+    if filename == name:
+        return True
+    return filename.startswith(name + ".") and (name.endswith(".so") or ".so" in filename[len(name) :])
 
 
 def find_library(name: str, pids: Sequence[int] = ()) -> tuple[str | None, list[str]]:
@@ -284,7 +336,7 @@ class PlannedTracepoint:
             text += f" where {self.spec.filter.strip()}"
         return f"{text}: {args}" if args else text
 
-    def prepare(self, tracefs: str) -> None:
+    def prepare(self, tracefs: str, patterns: list[Dfa] | None = None) -> None:
         category, event = self.category_event
         fmt = Path(tracefs) / "events" / category / event / "format"
         try:
@@ -294,7 +346,7 @@ class PlannedTracepoint:
         except OSError as exc:
             raise ConfigError(f"{self.key}: cannot read {fmt}: {exc.strerror}") from None
         self.fields = parse_format(text)
-        self.compiled = compile_tracepoint(self.key, self.spec, self.fields, self.op)
+        self.compiled = compile_tracepoint(self.key, self.spec, self.fields, self.op, patterns)
 
 
 def tracepoint_slots(tracepoints: Sequence[PlannedTracepoint]) -> list[list[PlannedTracepoint]]:
@@ -320,6 +372,7 @@ class CustomFamily:
         self.uprobes = [PlannedUprobe(i, s) for i, s in enumerate(uprobes)]
         self.tracepoints = [PlannedTracepoint(i, s) for i, s in enumerate(tracepoints)]
         self.slots = tracepoint_slots(self.tracepoints)
+        self.patterns: list[Dfa] = []
         # Everything that can be checked without the targets fails here, before a command is launched.
         for u in self.uprobes:
             u.locate(())
@@ -331,7 +384,7 @@ class CustomFamily:
             except OSError as exc:
                 raise ConfigError(f"probes.tracepoints: {exc.strerror}") from None
             for t in self.tracepoints:
-                t.prepare(tracefs)
+                t.prepare(tracefs, self.patterns)
         self._ops_written = False
 
     def attach(self, probes, targets: TargetSpec) -> list[str]:
@@ -342,10 +395,14 @@ class CustomFamily:
             return ["custom: the config has no probes.uprobes or probes.tracepoints; nothing attached"]
         obj = probes.open("custom")
         obj.resize_map("tp_specs", max(1, len(self.tracepoints)))
+        obj.resize_map("tp_patterns", max(1, len(self.patterns)))
         obj.set_autoload("handle_custom_entry", any(u.spec.attach != "return" for u in self.uprobes))
         obj.set_autoload("handle_custom_return", any(u.spec.attach != "entry" for u in self.uprobes))
         obj.set_autoload("handle_custom_tp", bool(self.tracepoints))
         obj.load()
+        patterns_fd = obj.map_fd("tp_patterns")
+        for i, dfa in enumerate(self.patterns):
+            map_update(patterns_fd, i.to_bytes(4, "little"), bytes(TpPatternStruct.of(dfa)))
         specs_fd = obj.map_fd("tp_specs")
         for slot, t in enumerate(t for group in self.slots for t in group):
             map_update(specs_fd, slot.to_bytes(4, "little"), bytes(t.compiled))

@@ -249,3 +249,17 @@ def resolve_for_command(argv: list[str], env: dict[str, str] | None = None) -> t
         for p in _cuda_in_dir(d):
             _add(hits, p, "system")
     return list(hits.values()), searched
+
+
+def command_executables(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """Real paths of the ELF files a command will run: its executable and, for a `#!` script
+    (npx, an agent's launcher), the interpreter it names."""
+    env = dict(os.environ if env is None else env)
+    exe = _which(argv[0], env) if argv else None
+    if exe is None:
+        return []
+    found = [exe]
+    interpreter = _interpreter_of(exe)
+    if interpreter:
+        found.append(interpreter)
+    return list(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isfile(p)))

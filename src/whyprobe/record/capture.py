@@ -52,7 +52,7 @@ def capture(
     child = hold = None
     if cmd:
         child, hold = start_held(list(cmd))
-        targets = TargetSpec(pids=[child.pid], trace_all=targets.trace_all, library_paths=targets.library_paths)
+        targets = TargetSpec(pids=[child.pid], trace_all=targets.trace_all, library_paths=targets.library_paths, command=list(cmd))
     session = TraceSession(out, families, targets, options)
     for fam in families:
         if hasattr(fam, "bind"):

@@ -61,6 +61,8 @@ class TraceOptions:
     max_events_per_sec: int = 0
     max_db_mb: float = 0
     retention_hours: float = 0
+    # storage.precision_ms: stored timestamps are rounded down to this grain (0: ns as measured).
+    precision_ns: int = 0
     max_queue: int = 256
     poll_ms: int = 50
     # Extra columns for this session's row (probes, pid_filter, argv ...).
@@ -374,6 +376,8 @@ class TraceSession:
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
+        if self.options.precision_ns:
+            rows["timestamp"] -= rows["timestamp"] % self.options.precision_ns
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
         details = self._details(records)

@@ -11,8 +11,9 @@ SETTLE_S or until the end of the capture.
 
 Ids continue after those already in the database, so repeated captures into
 one `--out` file never collide. Processes enrolled later (children found by
-fork tracking, or auto-detected by the kernel's sniffing) get their OpenSSL
-probed at the next tick.
+fork tracking, or auto-detected by the kernel's sniffing) and files mapped
+later (an exec into node, a dlopen'd libssl) get their OpenSSL probed at the
+next tick.
 """
 
 from __future__ import annotations
@@ -118,7 +119,6 @@ class WireRecorder:
         self.calls: list[tuple[int, ToolCall]] = []  # (tool_calls.id, call) in order
         self.sniffed: set[int] = set()
         self.snapshots: list[ToolSnapshot] = []  # every tools/list snapshot stored (new or changed)
-        self._tls_seen: set[int] = set()
         self._probes: ProbeSet | None = None
 
     def bind(self, writer_of: Callable[[], object]) -> None:
@@ -139,9 +139,7 @@ class WireRecorder:
             cmdline_of=lambda pid: _proc_text(pid, "cmdline"),
             previous_snapshots=self._previous,
         )
-        warnings = self.family.attach(probes, targets)
-        self._tls_seen.update(targets.pids)
-        return warnings
+        return self.family.attach(probes, targets)
 
     def on_batch(self, records: object) -> None:
         return None
@@ -165,13 +163,12 @@ class WireRecorder:
         self._settle(now - SETTLE_S)
 
     def tick(self, pids: list[int]) -> list[str]:
-        """Caller's thread: probe OpenSSL in processes enrolled since, write settled rows."""
+        """Caller's thread: probe OpenSSL in files the processes mapped since (new children, an exec
+        into node, a dlopen'd libssl), write settled rows."""
         if self.ignore_pids and self._probes is not None:
             for pid in self.ignore_pids & self.sniffed:
                 self._probes.remove_target(pid)  # our own output must never feed the capture
-        new = [p for p in {*pids, *self.sniffed} if p not in self._tls_seen and p not in self.ignore_pids]
-        self._tls_seen.update(new)
-        warnings = self.family.attach_tls(new) if new and self.family.tls else []
+        warnings = self.family.tick(sorted({*pids, *self.sniffed} - self.ignore_pids))
         self._settle(time.monotonic() - SETTLE_S)
         return warnings
 

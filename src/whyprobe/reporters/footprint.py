@@ -1,5 +1,6 @@
-"""`whyprobe footprint` output: a per-tool table (calls, latency, CPU, syscalls, files, endpoints,
-children) and the same as JSON."""
+"""`whyprobe footprint` output: a per-tool table (calls, latency, CPU, syscalls, files, libraries,
+endpoints, children) and the same as JSON. The files column shows what the tool itself touched;
+what runtimes opened on their own is one counted line under it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from whyprobe.analyze.footprint import Footprint
+from whyprobe.analyze.footprint import RUNTIME_GROUP_NAMES, Footprint
 from whyprobe.units import fmt_bytes, fmt_ns
 
 MAX_ITEMS = 4
@@ -32,6 +33,8 @@ def per_tool(calls: Sequence[Footprint]) -> list[dict[str, Any]]:
         def union(attr: str) -> list[str]:
             return list(dict.fromkeys(x for c in group for x in getattr(c, attr)))
 
+        runtime = {g: list(dict.fromkeys(p for c in group for p in c.runtime.get(g, ()))) for g in RUNTIME_GROUP_NAMES}
+
         out.append({
             "tool_name": name,
             "calls": len(group),
@@ -45,6 +48,8 @@ def per_tool(calls: Sequence[Footprint]) -> list[dict[str, Any]]:
             "syscall_ns": sum(c.syscall_ns for c in group),
             "top_syscalls": dict(sys_counts.most_common(5)),
             "files": union("files"),
+            "files_failed": union("files_failed"),
+            "runtime": {g: len(paths) for g, paths in runtime.items() if paths},
             "endpoints": union("endpoints"),
             "children": union("children"),
             "libraries": union("libraries"),
@@ -61,12 +66,22 @@ def _items(values: list[str]) -> str:
     return shown + (f"\n… {len(values) - MAX_ITEMS} more" if len(values) > MAX_ITEMS else "")
 
 
+def _files(t: dict[str, Any]) -> str:
+    """The tool's own files first; failed opens and the runtime's files after, counted."""
+    text = _items(t["files"])
+    if t["files_failed"]:
+        text += f"\n{len(t['files_failed'])} failed: " + ", ".join(t["files_failed"][:2]) + (" …" if len(t["files_failed"]) > 2 else "")
+    if t["runtime"]:
+        text += f"\nruntime {sum(t['runtime'].values())}: " + ", ".join(f"{g} {n}" for g, n in t["runtime"].items())
+    return text
+
+
 def render(console: Console, calls: Sequence[Footprint], *, servers: dict[int, str] | None = None) -> None:
     if not calls:
         console.print("No tools/call was answered while tracing: nothing to attribute.")
         return
     table = Table(title="MCP tool footprint (per tool, totals over its calls)", show_lines=True)
-    for col in ("tool", "calls", "p50", "p99", "CPU user/sys", "syscalls (top)", "files", "endpoints", "children"):
+    for col in ("tool", "calls", "p50", "p99", "CPU user/sys", "syscalls (top)", "files", "libraries", "endpoints", "children"):
         table.add_column(col, overflow="fold")
     for t in per_tool(calls):
         calls_text = str(t["calls"]) + (f"\n{t['errors']} err" if t["errors"] else "") + (f"\n{t['shared']} shared" if t["shared"] else "")
@@ -77,7 +92,7 @@ def render(console: Console, calls: Sequence[Footprint], *, servers: dict[int, s
             t["tool_name"], calls_text, fmt_ns(t["p50_ns"]), fmt_ns(t["p99_ns"]),
             f"{fmt_ns(t['cpu_user_ns'])} / {fmt_ns(t['cpu_sys_ns'])}",
             f"{t['syscalls']:,} ({fmt_ns(t['syscall_ns'])})\n{top}{io}{cuda}",
-            _items(t["files"]), _items(t["endpoints"]), _items(t["children"]),
+            _files(t), _items(t["libraries"]), _items(t["endpoints"]), _items(t["children"]),
         )
     console.print(table)
     if servers:

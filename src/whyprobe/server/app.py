@@ -21,7 +21,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from whyprobe.config import ToolSpec
 from whyprobe.server import tools as T
+from whyprobe.server.output import EventShaped, cap_output, event_shaped
 from whyprobe.server.security import AuditLog, RateLimiter, fence
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,10 @@ def _client_of(ctx: Any) -> tuple[str, str]:
 class Guard:
     """Rate limit + audit around every inbound request."""
 
-    def __init__(self, limiter: RateLimiter, audit: AuditLog | None) -> None:
+    def __init__(self, limiter: RateLimiter, audit: AuditLog | None, event_tools: frozenset[str] = frozenset()) -> None:
         self.limiter = limiter
         self.audit = audit
+        self.event_tools = event_tools
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         if ctx.request_id is None:  # notifications are neither limited nor audited
@@ -70,7 +73,7 @@ class Guard:
         if ctx.method != "initialize" and not self.limiter.allow(key):
             self._audit(label, what, args, 0, 0, False, "rate limit")
             raise MCPError(RATE_LIMITED, f"rate limit exceeded: at most {self.limiter.rate:g} requests/s per client; retry shortly")
-        rows = {"rows": 0}
+        rows = {"rows": 0, "event": tool in self.event_tools}
         token = _call_rows.set(rows)
         start = time.perf_counter_ns()
         try:
@@ -96,18 +99,23 @@ class Guard:
 
 
 def _answer(state: T.ServerState, fn: Any, **kwargs: Any) -> CallToolResult:
-    """Run one tool and shape its MCP result: trusted summary, fenced data, structured data."""
+    """Run one tool and shape its MCP result: trusted summary, fenced data, structured data.
+
+    The byte cap holds for both copies of the data: the structured content is
+    trimmed (longest lists first, the cut counted) until its JSON fits, and the
+    text block is that same JSON.
+    """
     res: T.ToolResult = fn(state, **kwargs)
     holder = _call_rows.get()
     if holder is not None:
         holder["rows"] = res.rows
-    blob = json.dumps(res.data, default=str, ensure_ascii=False, separators=(",", ":"))
-    cap = state.settings.max_output_bytes
-    if len(blob) > cap:
-        blob = blob[:cap] + f"... [cut at {cap} bytes; use limit/filters for less]"
+    data = json.loads(json.dumps(res.data, default=str))
+    if holder is not None and holder.get("event"):
+        data = event_shaped(data)
+    data, blob = cap_output(data, state.settings.max_output_bytes)
     return CallToolResult(
         content=[TextContent(type="text", text=res.summary), TextContent(type="text", text=fence(blob))],
-        structured_content=json.loads(json.dumps(res.data, default=str)),
+        structured_content=data,
     )
 
 
@@ -324,18 +332,62 @@ def _facts_doc(state: T.ServerState) -> dict:
     return facts
 
 
-def build_server(state: T.ServerState, audit: AuditLog | None = None) -> MCPServer:
-    """The whyprobe MCP server over one trace (no transport yet)."""
+# Tools whose answer holds events, so `schema: "event"` has something to carry (the example config marks them).
+EVENT_TOOLS = ("query_off_cpu_events", "resolve_causal_chain", "analyze_gpu_launch_latency", "get_timeline")
+
+
+def build_server(
+    state: T.ServerState,
+    audit: AuditLog | None = None,
+    *,
+    name: str = "whyprobe",
+    version: str | None = None,
+    tools: dict[str, ToolSpec] | None = None,
+) -> MCPServer:
+    """The whyprobe MCP server over one trace (no transport yet).
+
+    `name`/`version` are what `initialize` reports (default: whyprobe and its
+    version); `tools` (config.tool_plan) is exactly the set served, with their
+    descriptions and output shapes; None serves every tool as built.
+    """
     limiter = RateLimiter(state.settings.rate_limit_per_second)
     from whyprobe import __version__
 
-    mcp = MCPServer("whyprobe", version=__version__, instructions=INSTRUCTIONS, middleware=[Guard(limiter, audit)], log_level="WARNING")
+    events = frozenset(n for n, spec in (tools or {}).items() if spec.output == "event")
+    mcp = MCPServer(name, version=version or __version__, instructions=INSTRUCTIONS, middleware=[Guard(limiter, audit, events)], log_level="WARNING")
     _register_tools(mcp, state)
+    if tools is not None:
+        _apply_tool_plan(mcp, tools)
     _register_prompt_and_resources(mcp, state)
     return mcp
 
 
-def http_app(mcp: MCPServer, host: str, token: str | None) -> Any:
+def _apply_tool_plan(mcp: MCPServer, plan: dict[str, ToolSpec]) -> None:
+    # The SDK has remove_tool but no public way to edit a registered tool: edit its entry in place.
+    manager = mcp._tool_manager
+    for tool in manager.list_tools():
+        if tool.name not in plan:
+            mcp.remove_tool(tool.name)
+    for name, spec in plan.items():
+        tool = manager.get_tool(name)
+        if spec.description is not None:
+            tool.description = spec.description
+        if spec.output == "event":
+            # A fresh metadata object derives outputSchema from the model; the SDK validates results against it.
+            tool.fn_metadata = tool.fn_metadata.model_copy(update={"output_schema": None, "output_model": None})
+            tool.fn_metadata.output_model = EventShaped
+            tool.fn_metadata.output_schema = EventShaped.model_json_schema()
+            tool.__dict__.pop("output_schema", None)
+
+
+def tool_catalog() -> list[tuple[str, str, bool]]:
+    """(name, built-in description, event-shaped) of every tool the server has, in registration order."""
+    mcp = MCPServer("catalog", log_level="WARNING")
+    _register_tools(mcp, None)
+    return [(t.name, t.description, t.name in EVENT_TOOLS) for t in mcp._tool_manager.list_tools()]
+
+
+def http_app(mcp: MCPServer, host: str, token: str | None, audit: AuditLog | None = None) -> Any:
     """The Starlette app for streamable HTTP, behind bearer auth when a token is set."""
     from mcp.server.transport_security import TransportSecuritySettings
 
@@ -344,13 +396,15 @@ def http_app(mcp: MCPServer, host: str, token: str | None) -> Any:
     # DNS-rebinding protection only makes sense for loopback; off loopback the bearer token guards.
     security = None if host in ("127.0.0.1", "localhost", "::1") else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = mcp.streamable_http_app(host=host, transport_security=security)
-    return BearerAuth(app, token) if token else app
+    return BearerAuth(app, token, audit) if token else app
 
 
-def serve_http(mcp: MCPServer, host: str, port: int, token: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+def serve_http(
+    mcp: MCPServer, host: str, port: int, token: str | None, tls_cert: Path | None, tls_key: Path | None, audit: AuditLog | None = None
+) -> None:
     import uvicorn
 
-    app = http_app(mcp, host, token)
+    app = http_app(mcp, host, token, audit)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="on",
         ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
@@ -358,4 +412,4 @@ def serve_http(mcp: MCPServer, host: str, port: int, token: str | None, tls_cert
     uvicorn.Server(config).run()
 
 
-__all__ = ["build_server", "serve_http", "http_app", "ToolError", "RATE_LIMITED"]
+__all__ = ["build_server", "serve_http", "http_app", "tool_catalog", "EVENT_TOOLS", "ToolError", "RATE_LIMITED"]

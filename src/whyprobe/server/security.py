@@ -75,20 +75,50 @@ def required_token(settings: SecuritySettings, host: str) -> str | None:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>`; 401 with no detail."""
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>`; 401 with no detail.
 
-    def __init__(self, app: Any, token: str) -> None:
+    A refused request is an audit row too (who knocked, on what, why refused):
+    a security team wants the failed attempts most of all. So that a flood of
+    unauthenticated requests cannot grow the audit log without bound, at most
+    AUDIT_401_PER_S rows per second per address are written; the row after a
+    quiet spell counts the refusals left out.
+    """
+
+    AUDIT_401_PER_S = 10
+
+    def __init__(self, app: Any, token: str, audit: "AuditLog | None" = None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.audit = audit
+        self.clock = time.monotonic
+        self._limiter = RateLimiter(self.AUDIT_401_PER_S)
+        self._unlogged: dict[str, int] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or ()).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
+                self._audit(scope, "missing bearer token" if not given else "wrong bearer token")
                 await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
                 await send({"type": "http.response.body", "body": b""})
                 return
         await self.app(scope, receive, send)
+
+    def _audit(self, scope: dict, why: str) -> None:
+        if self.audit is None:
+            return
+        host = (scope.get("client") or ("?",))[0]
+        if not self._limiter.allow(host, now=self.clock()):
+            self._unlogged[host] = self._unlogged.get(host, 0) + 1
+            return
+        left_out = self._unlogged.pop(host, 0)
+        if left_out:
+            why += f" ({left_out} earlier refusals from this address not logged: over {self.AUDIT_401_PER_S}/s)"
+        try:
+            self.audit.write(client=f"http:{host}", tool=f"http:{scope.get('method', '?')} {scope.get('path', '')}", args={},
+                             rows=0, duration_ns=0, allowed=False, reason=f"401 {why}")
+        except sqlite3.Error:
+            pass  # auditing must never take the server down
 
 
 class RateLimiter:

@@ -7,12 +7,13 @@ clock minus the reference): `sessions.clock_skew_ns`, else schema_info
 'clock_skew_ns', else an explicit override, else 0 (unknown: nothing applied).
 What was applied per input is stored in the `merge_inputs` table and in
 schema_info 'clock_corrections'. Node-qualified rows for pids/tids/snapshots
-live in `<table>_by_node` (see store/transfer.py). Findings, MCP messages and
-tool calls of whyprobe inputs are not merged.
+live in `<table>_by_node` (see store/transfer.py). Findings, MCP messages, tool
+calls and audit rows are kept, each with its node and with ids remapped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -38,21 +39,30 @@ def merge_traces(
     *,
     force: bool = False,
     clock_skew_ns: dict[str, int] | None = None,
+    node_names: dict[str, str] | None = None,
 ) -> dict:
-    """Write `out` from all `paths`; clock_skew_ns overrides the skew per node name.
+    """Write `out` from all `paths`; clock_skew_ns overrides the skew per node name,
+    node_names the node of an input (keyed by the path as given).
 
     Every input is opened and checked before anything is written; the output
-    appears only when complete. Returns {"out", "events", "inputs": [...]}.
+    appears only when complete. Returns {"out", "events", "inputs": [...],
+    "warnings": [...]}: a warning names inputs that share one node.
     """
     if not paths:
         raise StoreError("Nothing to merge: give at least one database")
     out = Path(out)
     overrides = dict(clock_skew_ns or {})
+    names = dict(node_names or {})
+    unnamed = sorted(set(names) - {str(p) for p in paths})
+    if unnamed:
+        raise StoreError(f"--node names no input database: {', '.join(unnamed)}")
     inputs = []
     for path in paths:
         if out.exists() and Path(path).exists() and out.resolve() == Path(path).resolve():
             raise StoreError(f"Output would overwrite an input: {out}")
         first = describe(path, node_fallback=None)
+        if str(path) in names:
+            first = dataclasses.replace(first, node=names[str(path)], node_from="--node")
         if first.node in overrides:
             first = describe(path, node_fallback=None, skew_ns=overrides[first.node])
         inputs.append(first)
@@ -78,4 +88,17 @@ def merge_traces(
             },
         )
         conn.execute("COMMIT")
-    return {"out": str(out), "events": sum(s["events"] for s in summaries), "inputs": summaries}
+    return {"out": str(out), "events": sum(s["events"] for s in summaries), "inputs": summaries, "warnings": _shared_nodes(inputs)}
+
+
+def _shared_nodes(inputs: list) -> list[str]:
+    """One line per node that several inputs resolve to: their rows become indistinguishable."""
+    by_node: dict[str, list[str]] = {}
+    for inp in inputs:
+        by_node.setdefault(inp.node, []).append(str(inp.path))
+    return [
+        f"{len(files)} inputs are node {node!r} ({', '.join(files)}): their events share that node; "
+        f"name them apart with --node DB=NAME"
+        for node, files in by_node.items()
+        if len(files) > 1
+    ]

@@ -18,9 +18,12 @@ What is copied, per input:
 * event_aggregates: the input's own (they count pruned/discarded events too),
   or computed from its events when it has none.
 * Ingero `causal_chains` → `ingero_causal_chains` (reference only).
+* findings, mcp_messages, mcp_tool_snapshots, tool_calls, tool_call_events and
+  audit_log: ids moved past the output's, references (request_id,
+  request_msg, call_id, event_id) remapped with them, times minus the skew.
 
-With `per_node=True` (merge), process_names, thread_names and system_snapshots
-also go to `<table>_by_node` tables keyed by (node, pid|tid|timestamp); the
+With `per_node=True` (merge), the findings and MCP tables get a `node` column,
+and process_names, thread_names and system_snapshots also go to `<table>_by_node` tables keyed by (node, pid|tid|timestamp); the
 plain tables keep only rows whose key has one meaning across the fleet (a
 pid whose name is the same on every node that has it), so the `host_events`
 view never shows one node's comm on another node's event.
@@ -44,6 +47,8 @@ from whyprobe.store.writer import NS_PER_MINUTE
 
 # (table, key columns) of the tables that get a node-qualified twin when merging.
 BY_NODE = (("process_names", ("pid",)), ("thread_names", ("tid",)), ("system_snapshots", ("timestamp",)))
+# Tables whose rows get a `node` column of their own when merging.
+NODE_COLUMN = ("findings", "mcp_messages", "mcp_tool_snapshots", "tool_calls", "audit_log")
 
 _CHAIN_COLUMNS = (
     "id", "node", "detected_at", "severity", "summary", "root_cause", "explanation",
@@ -156,6 +161,8 @@ def copy_inputs(conn: sqlite3.Connection, inputs: list[Input], *, per_node: bool
     if per_node:
         for table, key in BY_NODE:
             _create_by_node(conn, table, key)
+        for table in NODE_COLUMN:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN node TEXT NOT NULL DEFAULT ''")
     summaries = []
     for inp in inputs:
         conn.execute("ATTACH DATABASE ? AS src", (f"file:{inp.path.resolve()}?mode=ro",))
@@ -201,6 +208,7 @@ def _copy_one(conn: sqlite3.Connection, inp: Input, *, per_node: bool, keep_ids:
         else:
             _copy_common(conn, inp, table, verb="INSERT OR REPLACE", exclude=("id",), shift=shift)
     _copy_aggregates(conn, inp, events_before, node_params)
+    mcp = _copy_mcp_and_findings(conn, inp, events_before, keep_ids, node=per_node)
     chains = 0
     for table in ("causal_chains", "ingero_causal_chains"):
         if inp.has(table):
@@ -221,6 +229,7 @@ def _copy_one(conn: sqlite3.Connection, inp: Input, *, per_node: bool, keep_ids:
         "events": events,
         "sessions": sessions,
         "causal_chains": chains,
+        **mcp,
     }
 
 
@@ -276,8 +285,57 @@ def _copy_events(conn: sqlite3.Connection, inp: Input, session_offset: int, sess
             "AND e.timestamp - :skew >= s.started_at AND (s.stopped_at = 0 OR e.timestamp - :skew <= s.stopped_at) "
             "ORDER BY s.started_at DESC LIMIT 1), 0)"
         )
-    sql = f"INSERT INTO events({', '.join(exprs)}) SELECT {', '.join(exprs.values())} FROM src.events e ORDER BY e.timestamp"
+    # (timestamp, id) order: rows get consecutive new ids in it, which _event_id_map relies on.
+    sql = f"INSERT INTO events({', '.join(exprs)}) SELECT {', '.join(exprs.values())} FROM src.events e ORDER BY e.timestamp, e.id"
     return conn.execute(sql, {"node": inp.node, "skew": inp.skew_ns}).rowcount
+
+
+def _copy_mcp_and_findings(conn: sqlite3.Connection, inp: Input, events_before: int, keep_ids: bool, *, node: bool) -> dict[str, int]:
+    """Findings, MCP messages, tool snapshots, tool calls (with their event links) and audit rows,
+    ids moved past what the output holds and every reference remapped with them."""
+    off = {t: conn.execute(f"SELECT COALESCE(max(id), 0) FROM {t}").fetchone()[0] for t in ("mcp_messages", "mcp_tool_snapshots", "tool_calls")}
+    remap = {
+        "mcp_messages": {"id": f"id + {off['mcp_messages']}", "request_id": f"request_id + {off['mcp_messages']}"},
+        "mcp_tool_snapshots": {"id": f"id + {off['mcp_tool_snapshots']}"},
+        "tool_calls": {"id": f"id + {off['tool_calls']}", "request_msg": f"request_msg + {off['mcp_messages']}"},
+    }
+    shift = {"findings": ("created_at", "window_start", "window_end"), "mcp_messages": ("timestamp",),
+             "mcp_tool_snapshots": ("timestamp",), "tool_calls": ("started_at", "ended_at"), "audit_log": ("timestamp",)}  # fmt: skip
+    copied = {}
+    for table in ("findings", "mcp_messages", "mcp_tool_snapshots", "tool_calls", "audit_log"):
+        if not inp.has(table):
+            continue
+        cols = [c for c in _ours(conn, table) if c in inp.columns[table] and c != "node"]
+        if table in ("findings", "audit_log"):
+            cols.remove("id")  # AUTOINCREMENT: nothing refers to these ids
+        exprs = [remap.get(table, {}).get(c) or (f"{c} - :skew" if c in shift[table] else c) for c in cols]
+        if node:
+            cols.append("node")
+            exprs.append("COALESCE(NULLIF(node, ''), :node)" if inp.has(table, "node") else ":node")
+        copied[table] = conn.execute(
+            f"INSERT INTO {table}({', '.join(cols)}) SELECT {', '.join(exprs)} FROM src.{table} ORDER BY rowid",
+            {"node": inp.node, "skew": inp.skew_ns},
+        ).rowcount
+    if inp.has("tool_call_events") and conn.execute("SELECT EXISTS (SELECT 1 FROM src.tool_call_events)").fetchone()[0]:
+        event_id = "l.event_id" if keep_ids else "m.new"
+        join = "" if keep_ids else " JOIN temp.event_ids m ON m.old = l.event_id"
+        if not keep_ids:
+            _event_id_map(conn, events_before)
+        copied["tool_call_events"] = conn.execute(
+            f"INSERT INTO tool_call_events(call_id, event_id) SELECT l.call_id + {off['tool_calls']}, {event_id} "
+            f"FROM src.tool_call_events l{join}"
+        ).rowcount
+    return copied
+
+
+def _event_id_map(conn: sqlite3.Connection, events_before: int) -> None:
+    """temp.event_ids: the input's event id → the id its copy got (_copy_events numbers the
+    copies consecutively after events_before, in (timestamp, id) order)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS event_ids (old PRIMARY KEY, new INTEGER NOT NULL)")
+    conn.execute("DELETE FROM temp.event_ids")
+    conn.execute(
+        f"INSERT INTO temp.event_ids(old, new) SELECT id, {int(events_before)} + row_number() OVER (ORDER BY timestamp, id) FROM src.events"
+    )
 
 
 def _copy_common(
