@@ -16,7 +16,8 @@ A trailing shell comment on an example is checked:
 How a line runs (tests/e2e/test_readme_examples.py): `sudo` is dropped (the
 test runs as root); `trace`/`spy`/`footprint` get `--duration 2s` unless they
 launch a program with `--cmd`; `$(pgrep -f NAME)` finds a stand-in process
-started from `bin/NAME` in the workspace; `mcp` and `dashboard` are servers,
+started from `bin/NAME` in the workspace (narrowed with `-P` to the test's
+own children: a real NAME elsewhere on the host must not match); `mcp` and `dashboard` are servers,
 asked one real request and then stopped with SIGINT.
 """
 
@@ -145,9 +146,11 @@ def subcommand(command: str) -> str:
     return next((w for w in words(command) if not w.startswith("-")), "")
 
 
-def for_this_host(command: str) -> str:
-    """The line as the test runs it: no sudo, short recordings."""
+def for_this_host(command: str, parent: int | None = None) -> str:
+    """The line as the test runs it: no sudo, short recordings, pgrep among `parent`'s children."""
     line = re.sub(r"^sudo\s+", "", command)
+    if parent is not None:
+        line = re.sub(r"\$\(pgrep -f ([\w.-]+)\)", rf"$(pgrep -P {parent} -f \1)", line)
     line = re.sub(r"(^|[;&|]\s*)sudo\s+", r"\1", line)
     sub = subcommand(line)
     if sub in RECORDERS:

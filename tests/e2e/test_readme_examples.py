@@ -204,11 +204,11 @@ def _run_stdio(line: str, ws: Path) -> tuple[int, str, str]:
 
 
 def _run_step(step: rx.Step, ws: Path) -> tuple[int, str, str]:
-    line = rx.for_this_host(step.command)
+    line = rx.for_this_host(step.command, parent=os.getpid())
     for name in rx.outputs(line):
         for suffix in ("", "-wal", "-shm"):
             Path(ws / f"{name}{suffix}").unlink(missing_ok=True)
-    stand_ins = [_stand_in(ws, name) for name in rx.pgrep_names(line)]
+    stand_ins = [_stand_in(ws, name) for name in rx.pgrep_names(step.command)]
     try:
         sub, argv = rx.subcommand(line), rx.words(line)
         if sub == "dashboard" or (sub == "mcp" and "--http" in argv):
@@ -278,6 +278,8 @@ def test_the_collector_reads_tables_blocks_and_comments() -> None:
         "whyprobe trace --pid $(pgrep -f vllm) --duration 2s --out t.db"
     assert rx.for_this_host("sudo whyprobe spy --out mcp.db --cmd -- claude-code") == "whyprobe spy --out mcp.db --cmd -- claude-code"
     assert rx.outputs("whyprobe footprint --cmd -- python my_agent.py --out x.db") == ["footprint.db"]
+    assert rx.for_this_host("whyprobe spy --pid $(pgrep -f mcp-server-git)", parent=42) == \
+        "whyprobe spy --duration 2s --pid $(pgrep -P 42 -f mcp-server-git)"
 
 
 def test_folded_stacks_of_a_real_trace_read_from_module_to_cuda(seed: Path) -> None:
