@@ -116,3 +116,16 @@ def test_an_op_absent_from_the_trace_is_not_a_typo(replay_db, capsys) -> None:
 def test_explain_window_outside_the_trace_is_one_line(window, asked, replay_db, capsys) -> None:
     assert main(["explain", str(replay_db), *window, "--no-store"]) == 1
     assert _one_line(capsys) == f"whyprobe: {asked} is outside the trace, which covers 0s .. 2.0s (from its first event)"
+
+
+@pytest.mark.parametrize("name", ["trace", "spy", "footprint"])
+def test_whyprobe_options_after_cmd_get_a_note(name, capsys, monkeypatch) -> None:
+    # GIVEN options typed after `--` (they belong to the launched program) on a host that cannot trace
+    import whyprobe.commands.common as common
+
+    monkeypatch.setattr(common, "can_trace", lambda: False)
+    assert main([name, "--cmd", "--", "claude-code", "--out", "mcp.db", "--verbose"]) == 1
+    # THEN a note says where --out went, before the refusal
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"whyprobe: note: --out after `--` go to claude-code, not to whyprobe {name}; whyprobe's options go before --cmd"
+    assert err[1].startswith(f"whyprobe: whyprobe {name} needs ") and len(err) == 2

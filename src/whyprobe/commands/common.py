@@ -78,6 +78,20 @@ def check_op(op: str | None, trace, *extra: str) -> None:
     raise UsageError(f"unknown op {op!r}; the ops in {trace.path}: {', '.join(sorted(present | set(extra))) or 'none (no events)'}")
 
 
+def _note_options_after_cmd(args: list[str], name: str) -> None:
+    """`spy --cmd -- agent --out x.db` hands --out to the agent: legal, but rarely meant."""
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None or not args:
+        return
+    ours = {opt for param in ctx.command.params for opt in getattr(param, "opts", ()) if opt.startswith("--") and opt != "--cmd"}
+    passed = [a for a in args[1:] if a.split("=", 1)[0] in ours]
+    if passed:
+        print(f"whyprobe: note: {' '.join(passed)} after `--` go to {args[0]}, not to whyprobe {name}; "
+              f"whyprobe's options go before --cmd", file=sys.stderr)
+
+
 def check_targets(pid: list[int], cmd: bool, args: list[str], name: str, *, all_procs: bool = False) -> None:
     """--pid / --cmd / --all consistency, privileges and pids, before any work."""
     if cmd and not args:
@@ -85,6 +99,7 @@ def check_targets(pid: list[int], cmd: bool, args: list[str], name: str, *, all_
         raise CommandError(f"--cmd needs a command after `--`: whyprobe {name} --cmd -- {example}")
     if args and not cmd:
         raise CommandError(f"Unexpected argument {args[0]!r}: to launch a command use --cmd -- {' '.join(args)}")
+    _note_options_after_cmd(args, name)
     if sum((bool(pid), cmd, all_procs)) > 1:
         raise CommandError("Choose one of --pid, --cmd or --all" if name == "trace" else "Choose one of --pid or --cmd")
     if not can_trace():
