@@ -162,6 +162,7 @@ OPS: list[OpInfo] = (
             (6, "process_exit", "Process exited (ret = exit code)"),
             (7, "process_fork", "Process forked (arg0 = child pid, auto-enrolled)"),
             (8, "page_fault", "User page fault (arg0 = address)"),
+            (16, "cpu_sample", "On-CPU sample of a traced thread (arg0 = period ns, arg1 = 1 in kernel mode; stack = what it ran)"),
         ],
     )
     + _ops(

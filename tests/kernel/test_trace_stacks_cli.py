@@ -19,7 +19,6 @@ WORK = textwrap.dedent(
     f"""
     import ctypes, time
     lib = ctypes.CDLL("{REAL_CUDART}")
-    time.sleep(0.6)  # let the tracer find this interpreter first
 
     def step(n):
         p = ctypes.c_void_p()
@@ -27,7 +26,7 @@ WORK = textwrap.dedent(
 
     for i in range(5):
         step(4096)
-    time.sleep(0.3)  # code objects are read from the live process (see README, known limits)
+    time.sleep(0.3)  # native frames are symbolized from the live process's maps (see README, known limits)
     """
 )
 CALL_LINE = WORK.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))") + 1
@@ -50,3 +49,41 @@ def test_cuda_call_stack_names_the_python_line(tmp_path: Path, capsys) -> None:
     py = [f for f in frames if f.get("py")]
     assert py[0]["f"].endswith("work.py") and py[0]["l"] == CALL_LINE and py[0]["s"].endswith("step")
     assert any(f.get("s") == "cudaMalloc" for f in frames if not f.get("py"))
+
+
+EAGER = textwrap.dedent(
+    f"""
+    import ctypes
+    lib = ctypes.CDLL("{REAL_CUDART}")
+
+    def step(n):
+        p = ctypes.c_void_p()
+        return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))
+
+    for i in range(200):
+        step(4096 + i)
+    """
+)
+EAGER_LINE = EAGER.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))") + 1
+
+
+def test_every_call_carries_its_python_frames_from_the_first_to_the_last(tmp_path: Path, capsys) -> None:
+    # GIVEN a launched Python workload that calls cudaMalloc 200 times as soon as it starts and
+    # exits right after (no sleep for the tracer: #14.4, the first calls used to lose their frames)
+    work = tmp_path / "eager.py"
+    work.write_text(EAGER)
+    out = tmp_path / "t.db"
+    rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(REAL_CUDART), "--out", str(out), "--quiet",
+               "--cmd", "--", sys.executable, str(work)])
+    assert rc == 0, capsys.readouterr().err
+    # THEN every one of the 200 calls has the Python frame step() at the call's line, then <module>
+    con = sqlite3.connect(out)
+    rows = con.execute(
+        "SELECT e.arg0, s.frames FROM events e LEFT JOIN stack_traces s ON s.hash = e.stack_hash "
+        "WHERE e.source = 1 AND e.op = 1 ORDER BY e.timestamp"
+    ).fetchall()
+    assert [r[0] for r in rows] == [4096 + i for i in range(200)]
+    for size, raw in rows:
+        py = [f for f in json.loads(raw or "[]") if f.get("py")]
+        assert [(Path(f["f"]).name, f["s"]) for f in py] == [("eager.py", "step"), ("eager.py", "<module>")], size
+        assert py[0]["l"] == EAGER_LINE, size

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.probes.host import describe, sockaddr_text, tcp_retransmit_text
-from whyprobe.probes.stacks import ElfSymbols, line_for
+from whyprobe.probes.pyframes import line_for
+from whyprobe.probes.stacks import ElfSymbols
 from whyprobe.syscalls_x86_64 import SYSCALL_NAMES, syscall_name, syscall_nr, syscall_ops
 from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PAYLOAD_DTYPE, PayloadKind, Source, op_info
 

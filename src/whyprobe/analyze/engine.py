@@ -47,6 +47,9 @@ MAD_K = 5.0
 MIN_TAIL_FACTOR = 2.0
 TOP_BLOCKERS = 5
 SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}
+# Materiality: a finding that costs less than this is `minor` (listed after the real ones, no fix).
+MINOR_FLOOR_NS = 1_000_000
+MINOR_WINDOW_SHARE = 0.001
 
 
 # ---------------------------------------------------------------- names
@@ -427,7 +430,25 @@ def merge(findings: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def minor_limit_ns(window_ns: int) -> int:
+    return int(max(MINOR_FLOOR_NS, MINOR_WINDOW_SHARE * window_ns))
+
+
+def mark_minor(findings: list[dict], window_ns: int) -> list[dict]:
+    """Flag findings whose lost time is below max(1 ms, 0.1 % of the window): too small to act on,
+    so they get severity low and no fix (a 58 us total of sync waits in a 4 s run is not a problem).
+    Applied after merge(), since merged findings add up."""
+    limit = minor_limit_ns(window_ns)
+    for f in findings:
+        f["minor"] = f["lost_ns"] < limit
+        if f["minor"]:
+            f["severity"] = "low"
+            f["recommendations"] = []
+    return findings
+
+
 def rank(findings: list[dict], min_severity: str) -> list[dict]:
+    """Real findings by explained time, then the minor ones (never ranked among the real ones)."""
     limit = SEVERITY_RANK[min_severity]
     kept = [f for f in findings if SEVERITY_RANK[f["severity"]] <= limit]
-    return sorted(kept, key=lambda f: (-f["explained_ns"], -f["lost_ns"], SEVERITY_RANK[f["severity"]], f["id"]))
+    return sorted(kept, key=lambda f: (f.get("minor", False), -f["explained_ns"], -f["lost_ns"], SEVERITY_RANK[f["severity"]], f["id"]))

@@ -24,6 +24,7 @@ from whyprobe.analyze.engine import FirstCalls, Names
 from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
+from whyprobe.analyze.samples import CPU_SAMPLE, Samples
 from whyprobe.errors import StoreError, WhyprobeError
 from whyprobe.events import Source
 from whyprobe.store.reader import EventColumns, TraceDB
@@ -85,6 +86,25 @@ def _stack(db: TraceDB, stack_hash: int) -> list[str]:
 
     row = db.conn.execute("SELECT frames FROM stack_traces WHERE hash = ?", (stack_hash,)).fetchone()
     return [frame_label(f) for f in parse_frames(row[0] if row else None)][:STACK_FRAMES]
+
+
+def _samples(db: TraceDB, start: int, end: int) -> Samples | None:
+    """The on-CPU samples in [start, end) with their stacks' frames, or None when the trace has none."""
+    if not db.has("events", "stack_hash"):
+        return None
+    rows = db.load_arrays(("timestamp", "tid", "stack_hash"), "source = ? AND op = ? AND timestamp >= ? AND timestamp < ?", (*CPU_SAMPLE, start, end))
+    if not len(rows["tid"]):
+        return None
+    from whyprobe.analyze.stacks import parse_frames
+
+    frames: dict[int, list[dict]] = {}
+    if db.has("stack_traces", "frames"):
+        distinct = [h for h in np.unique(rows["stack_hash"]).tolist() if h]
+        for i in range(0, len(distinct), 500):
+            chunk = distinct[i : i + 500]
+            sql = f"SELECT hash, frames FROM stack_traces WHERE hash IN ({', '.join('?' * len(chunk))})"
+            frames.update((int(h), parse_frames(raw)) for h, raw in db.conn.execute(sql, chunk))
+    return Samples(rows["tid"], rows["timestamp"], rows["stack_hash"], lambda h: frames.get(h, []))
 
 
 _CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
@@ -167,11 +187,12 @@ def explain(
     names = _names(db)
     names.learn(events)
     incomplete = _sched_complete(db)
-    ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored)
+    ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored,
+                  samples=_samples(db, start, end))
     gpu_loaded = events[cudaops.is_gpu_call(events)]
     firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)
-    doc["findings"] = engine.rank(engine.merge(findings), min_severity)
+    doc["findings"] = engine.rank(engine.mark_minor(engine.merge(findings), end - start), min_severity)
     return doc
 
 

@@ -9,6 +9,7 @@ from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.gaps import ThreadGaps, find_gaps
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
+from whyprobe.analyze.samples import Samples, hot_frames
 from whyprobe.events import Source, op_name
 
 GAP_OP = "gpu_idle"
@@ -26,8 +27,10 @@ class Context:
     """What finding assembly needs besides the attribution: names, labels, window."""
 
     def __init__(self, stacks, names: Names, op_names: dict, source_names: dict, window: tuple[int, int], degraded: bool,
-                 incomplete_sched: dict[int, tuple[int, int]], not_stored: dict[tuple[int, int, int], int]) -> None:
+                 incomplete_sched: dict[int, tuple[int, int]], not_stored: dict[tuple[int, int, int], int],
+                 samples: Samples | None = None) -> None:
         self.stacks, self.names, self.window, self.degraded = stacks, names, window, degraded
+        self.samples = samples  # on-CPU samples of the window; None when the trace has none
         self.op_names, self.source_names = op_names, source_names
         self.incomplete_sched, self.not_stored = incomplete_sched, not_stored
 
@@ -57,6 +60,21 @@ class Context:
         return out
 
 
+def _add_frames(f: dict, ctx: Context, start: np.ndarray, end: np.ndarray) -> None:
+    """Give the on_cpu cause the frames the thread ran in the finding's stretches (DESIGN `frames`)."""
+    on_cpu = next((c for c in f["causes"] if c["kind"] == "on_cpu"), None)
+    if on_cpu is None:
+        return
+    on_cpu["frames"] = []
+    if ctx.samples is None:
+        return
+    hot = hot_frames(ctx.samples, f["tid"], start, end)
+    on_cpu["samples"] = hot["samples"] if hot else 0
+    if hot:
+        on_cpu["frames"] = hot["frames"]
+        on_cpu["data_loading_share"] = hot["data_loading"]
+
+
 def _finish(f: dict, ctx: Context, gap: bool) -> dict:
     window_ns = max(ctx.window[1] - ctx.window[0], 1)
     f["explained_ns"] = engine.explained(f["causes"])
@@ -70,7 +88,8 @@ def _finish(f: dict, ctx: Context, gap: bool) -> dict:
     return f
 
 
-def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dict]:
+def tail_findings(groups: list[dict], att: Attributed, ctx: Context, spans: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """One finding per group; `spans` = (start, end) of every attributed slow call, for on-CPU frames."""
     out = []
     for g, meta in enumerate(groups):
         members = np.flatnonzero(att.group == g)
@@ -91,6 +110,8 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context) -> list[dic
         }
         if meta.get("bytes"):
             f["bytes"] = meta["bytes"]
+        if spans is not None:
+            _add_frames(f, ctx, spans[0][members], spans[1][members])
         out.append(_finish(f, ctx, gap=False))
     return out
 
@@ -112,6 +133,7 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
             "causes": engine.causes_of(att, members, ctx.names), "stack": [],
             "gaps": [{"start_ns": int(g.start[j]), "end_ns": int(g.end[j]), "ns": int(lengths[j])} for j in top.tolist()],
         }
+        _add_frames(f, ctx, g.start, g.end)
         out.append(_finish(f, ctx, gap=True))
     return out
 
@@ -177,7 +199,8 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
         baseline = np.array([groups[g]["p50"] for g in slow_group.tolist()], np.int64)
         final, att = engine.attribute_tails(calls, slow_idx, baseline, events, gpu_all, layers, firsts)
         lost = np.maximum(calls["duration"][slow_idx] - baseline, 0)
-        findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx)
+        spans = (calls["timestamp"][slow_idx], calls["timestamp"][slow_idx] + calls["duration"][slow_idx])
+        findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx, spans)
 
     if op is None or op == GAP_OP:
         gpu_window = calls[cudaops.is_gpu_call(calls)]

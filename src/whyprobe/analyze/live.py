@@ -186,7 +186,8 @@ class LiveExplainer:
             hist = np.fromiter(self._gap_hist[tid], np.int64)
             threads.append(ThreadGaps(tid, self.names.pid_of(tid), self._gpu_calls[tid], hist, spans[:, 0], spans[:, 1], gap_threshold(hist)))
         out += gap_findings(threads, self._gaps, ctx)
-        return engine.rank(engine.merge(out), self.min_severity)
+        window = ctx.window[1] - ctx.window[0]
+        return engine.rank(engine.mark_minor(engine.merge(out), window), self.min_severity)
 
 
 __all__ = ["LiveExplainer", "GAP_OP"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from whyprobe.analyze.samples import frame_text, frame_where
 from whyprobe.units import fmt_bytes, fmt_ns
 
 _LAUNCH_WORDS = ("Launch", "launch")
+# DataLoader advice for a GPU gap needs at least this share of its samples in data-loading code.
+DATA_LOADING_SHARE = 0.2
 _COPY_WORDS = ("Memcpy", "memcpy")
 
 
@@ -28,6 +31,16 @@ def _split(f: dict) -> str:
     return ", ".join(parts)
 
 
+def _sampled(f: dict, where: str) -> str:
+    """"; 71% of gap samples in sampler.py:212 compute_logprobs" from the on_cpu cause's frames, or ""."""
+    c = _cause(f, "on_cpu")
+    if not c or not c.get("frames"):
+        return ""
+    top = c["frames"][0]
+    more = "".join(f", {100 * x['share']:.0f}% in {frame_text(x)}" for x in c["frames"][1:3])
+    return f"; {100 * top['share']:.0f}% of {where} samples in {frame_text(top)}{more}"
+
+
 def summarize(f: dict) -> str:
     me = thread_label(f.get("comm", ""), f["tid"], f.get("pid", 0))
     top = f["causes"][0] if f["causes"] else None
@@ -39,8 +52,8 @@ def summarize(f: dict) -> str:
             f"(longest {longest}, {100 * f.get('window_share', 0):.0f}% of the window)"
         )
         if f["dominant_cause"] == "on_cpu":
-            return f"{head}; the thread was busy on-CPU between steps: {_split(f)}."
-        return f"{head}; where its time went: {_split(f)}."
+            return f"{head}; the thread was busy on-CPU between steps: {_split(f)}{_sampled(f, 'gap')}."
+        return f"{head}; where its time went: {_split(f)}{_sampled(f, 'gap')}."
     n, op = f["slow_calls"], f["op"]
     head = f"{n} slow {op} call(s) on {me} (p50 {fmt_ns(f['p50_ns'])}, p99 {fmt_ns(f['p99_ns'])}, {f['tail_ratio']:.1f}x) lost {fmt_ns(f['lost_ns'])} over the median"
     if top is None or top["kind"] == "unknown":
@@ -60,7 +73,7 @@ def summarize(f: dict) -> str:
         b = top["blockers"][0]
         verb = {"off_cpu": "by", "io": "issued by", "sync_wait": "queued by"}[top["kind"]]
         who = f", mostly {verb} {_blocker_text(b)}"
-    return f"{top['slow_calls']} of {n} slow {op} call(s) on {me} were {what} for {fmt_ns(avg)} on average{who}; {_split(f)}."
+    return f"{top['slow_calls']} of {n} slow {op} call(s) on {me} were {what} for {fmt_ns(avg)} on average{who}; {_split(f)}{_sampled(f, 'slow-call')}."
 
 
 def recommend(f: dict) -> list[str]:
@@ -115,10 +128,7 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
         ]
     if kind == "on_cpu":
         if f["kind"] == "gap":
-            return [
-                f"{me} computes on the CPU between GPU steps: move preprocessing to DataLoader workers (num_workers > 0, "
-                "pin_memory=True, persistent_workers=True) so the training thread only feeds the GPU; `whyprobe stacks` shows what it runs."
-            ]
+            return [_gap_on_cpu_fix(c, me)]
         if any(w in op for w in _COPY_WORDS):
             size = f" ({fmt_bytes(f['bytes'])} per call)" if f.get("bytes") else ""
             return [f"{op}{size} runs on the host CPU: copy from pinned memory (pin_memory=True / cudaHostAlloc) so the DMA engine does it asynchronously."]
@@ -129,3 +139,29 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
         f"{fmt_ns(c['explained_ns'])} of {op} on {me} is not covered by any recorded evidence: "
         "record with `whyprobe trace --stack` and the sched/block/net probes to explain it."
     ]
+
+
+def _gap_on_cpu_fix(c: dict, me: str) -> str:
+    """Advice that follows the samples: DataLoader only when the thread was seen loading data."""
+    frames = c.get("frames") or []
+    if not c.get("samples"):
+        # No samples to go by (a trace recorded without them, an Ingero file, the live view).
+        return (
+            f"{me} computes on the CPU between GPU steps, and no on-CPU sample says what: `whyprobe stacks --on-cpu` shows it "
+            "for traces recorded by `whyprobe trace` (sampling is on by default). If it is data preprocessing, "
+            "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True) so the thread only feeds the GPU."
+        )
+    if c.get("data_loading_share", 0) >= DATA_LOADING_SHARE:
+        return (
+            f"{me} loads and prepares data itself between GPU steps ({100 * c['data_loading_share']:.0f}% of gap samples in data-loading code): "
+            "move it to DataLoader workers (num_workers > 0, pin_memory=True, persistent_workers=True, prefetch_factor) so batches are ready."
+        )
+    if not frames:
+        return f"{me} computes on the CPU between GPU steps in code without symbols: `whyprobe stacks --on-cpu` shows the raw stacks."
+    top = frames[0]
+    return (
+        f"{me} runs `{top['function']}` ({frame_where(top) or 'no file'}, {100 * top['share']:.0f}% of gap samples) between GPU steps while the GPU waits: "
+        "take it off the GPU's critical path: overlap it with GPU work (queue the next step's kernels before computing it), "
+        "move it to another thread or process, or batch it (one vectorized call per step instead of per item, or on the GPU). "
+        "`whyprobe stacks --on-cpu` shows the full stacks."
+    )

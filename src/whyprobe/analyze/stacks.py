@@ -113,22 +113,21 @@ def _grouped(db: TraceDB, op: str | None) -> list[tuple[int, int, int, int, int,
 
 
 def top_stacks(db: TraceDB, *, op: str | None = None, limit: int = 10) -> list[dict]:
-    """The most frequent (stack, op) pairs: op, count, total duration, frames (innermost first)."""
+    """The most frequent (call path, op) pairs: op, count, total duration, frames (innermost first).
+
+    Stacks whose frames read the same are one call path: on-CPU samples of one line
+    differ in their native return addresses (the interpreter loop), not in what a
+    person reads. `stack_hash` is the path's most frequent stack."""
     names = db.op_names()
-    rows = sorted(_grouped(db, op), key=lambda r: (-r[3], -(r[4] or 0), r[0]))
-    out = []
-    for stack_hash, source, op_id, count, total, frames in rows[: max(0, limit)]:
-        parsed = parse_frames(frames)
-        out.append(
-            {
-                "stack_hash": stack_hash,
-                "op": names.get((source, op_id), f"{source}:{op_id}"),
-                "count": count,
-                "total_ns": int(total or 0),
-                "frames": [frame_label(f) for f in parsed],
-            }
-        )
-    return out
+    paths: dict[tuple, dict] = {}
+    for stack_hash, source, op_id, count, total, frames in sorted(_grouped(db, op), key=lambda r: (-r[3], -(r[4] or 0), r[0])):
+        labels = [frame_label(f) for f in parse_frames(frames)]
+        name = names.get((source, op_id), f"{source}:{op_id}")
+        path = paths.setdefault((name, tuple(labels)), {"stack_hash": stack_hash, "op": name, "count": 0, "total_ns": 0, "frames": labels})
+        path["count"] += count
+        path["total_ns"] += int(total or 0)
+    ranked = sorted(paths.values(), key=lambda p: (-p["count"], -p["total_ns"], p["stack_hash"]))
+    return ranked[: max(0, limit)]
 
 
 def folded(db: TraceDB, op: str | None = None) -> str:

@@ -18,6 +18,7 @@ __u64 hits_uprobe_multi = 0;
 __u64 hits_uprobe_session = 0;
 __u64 hits_kprobe = 0;
 __u64 hits_fentry = 0;
+__u64 hits_perf_event = 0;
 
 static __always_inline bool mine(void)
 {
@@ -86,5 +87,14 @@ int BPF_PROG(probe_fentry)
 {
 	if (mine())
 		__sync_fetch_and_add(&hits_fentry, 1);
+	return 0;
+}
+
+/* The profile family's program type: a CPU-clock sample of this process. */
+SEC("perf_event")
+int probe_perf_event(void *ctx)
+{
+	if (mine())
+		__sync_fetch_and_add(&hits_perf_event, 1);
 	return 0;
 }

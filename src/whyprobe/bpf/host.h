@@ -10,6 +10,7 @@
 #define HOST_OP_PROCESS_EXEC 5
 #define HOST_OP_PROCESS_EXIT 6
 #define HOST_OP_PROCESS_FORK 7
+#define HOST_OP_CPU_SAMPLE 16
 
 /* WP_SRC_IO */
 #define IO_OP_READ 1

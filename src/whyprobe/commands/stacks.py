@@ -11,12 +11,16 @@ import typer
 from whyprobe.commands.common import check_op
 from whyprobe.errors import CommandError
 
+CPU_SAMPLE = "cpu_sample"
+CPU_SAMPLE_KEY = (3, 16)  # events.Source.HOST, the profile family's op (imported lazily: the CLI starts without numpy)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("stacks")
     def stacks_cmd(
         db: Path = typer.Argument(..., help="Trace database."),
         op: Optional[str] = typer.Option(None, "--op", help="Only stacks of this op, e.g. cudaLaunchKernel."),
+        on_cpu: bool = typer.Option(False, "--on-cpu", help="Stacks of the on-CPU samples (what the traced threads ran)."),
         limit: int = typer.Option(10, "--limit", help="How many stacks."),
         folded: bool = typer.Option(False, "--folded", help="Flamegraph folded lines (frame;frame;op count)."),
         json_out: bool = typer.Option(False, "--json", help="JSON output."),
@@ -25,7 +29,8 @@ def register(app: typer.Typer) -> None:
 
         \b
           whyprobe stacks t.db --op cudaLaunchKernel
-          whyprobe stacks t.db --folded | flamegraph.pl > f.svg
+          whyprobe stacks t.db --on-cpu
+          whyprobe stacks t.db --on-cpu --folded | flamegraph.pl > f.svg
         """
         from whyprobe.analyze.stacks import folded as folded_lines
         from whyprobe.analyze.stacks import top_stacks
@@ -34,7 +39,13 @@ def register(app: typer.Typer) -> None:
 
         if limit < 1:
             raise CommandError(f"--limit must be at least 1 (got {limit})")
+        if on_cpu and op is not None:
+            raise CommandError("--on-cpu and --op both choose the events: give one of them")
         with open_trace(db) as trace:
+            if on_cpu:
+                op = CPU_SAMPLE
+                if not trace.conn.execute("SELECT 1 FROM events WHERE source = ? AND op = ? LIMIT 1", CPU_SAMPLE_KEY).fetchone():
+                    raise CommandError(f"{db} has no on-CPU samples: record with `whyprobe trace` (the profile family is on by default)")
             check_op(op, trace)
             if folded:
                 sys.stdout.write(folded_lines(trace, op))

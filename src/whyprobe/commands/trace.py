@@ -14,7 +14,7 @@ from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
-HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls")
+HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls", "profile")
 DEFAULT_RING = StorageConfig().ring_size
 
 
@@ -29,7 +29,9 @@ def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
         have = registry.available()
         names = ["cuda"] + [n for n in HOST_FAMILIES if n in have]
         explicit = False
-    if stack and "stacks" in registry.available() and "stacks" not in names:
+    # On-CPU samples carry stacks too: the stacks family symbolizes them (after profile, so it
+    # configures the Python frame walk of every object that includes it).
+    if (stack or "profile" in names) and "stacks" in registry.available() and "stacks" not in names:
         names.append("stacks")
     return names, explicit
 
@@ -73,7 +75,7 @@ def register(app: typer.Typer) -> None:
         all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
         out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
-        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,stacks,wire."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,profile,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
         ring: Optional[str] = typer.Option(None, "--ring", help=f"Event ring buffer size (default {DEFAULT_RING >> 20}MiB, or storage.ring_size of --config)."),
@@ -155,6 +157,7 @@ def register(app: typer.Typer) -> None:
             explain=explain,
             serve=serve,
             warnings=warnings,
+            profile_required=explicit,
         )
 
 
@@ -223,6 +226,7 @@ def _run(
     explain: bool,
     serve: Optional[str],
     warnings: list[str],
+    profile_required: bool = False,
 ) -> None:
     import time
 
@@ -241,7 +245,8 @@ def _run(
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
     custom = {"uprobes": cfg.probes.uprobes, "tracepoints": cfg.probes.tracepoints} if cfg else {}
-    fams = registry.families([n for n in names if n != "wire"], cuda={"libraries": cuda_libs}, custom=custom)
+    fams = registry.families([n for n in names if n != "wire"], cuda={"libraries": cuda_libs}, custom=custom,
+                             profile={"required": profile_required})
     recorder = None
     if "wire" in names:
         # The recorder, not the bare family: what the wire captures is decoded and stored

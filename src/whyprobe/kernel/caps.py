@@ -11,11 +11,13 @@ import errno
 import os
 import platform
 import resource
+import time
 from functools import lru_cache
 from pathlib import Path
 
 from whyprobe.kernel.elfsym import resolve
 from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.kernel.perf import perf_event_open_cpu_clock
 from whyprobe.kernel.loader import bpf_object_path
 from whyprobe.kernel.tracefs import TRACEFS, ensure_tracefs, tracefs_mounted
 
@@ -32,7 +34,10 @@ PROBES = {
     "uprobe_session": ("probe_uprobe_session", "hits_uprobe_session"),
     "kprobe": ("probe_kprobe", "hits_kprobe"),
     "fentry": ("probe_fentry", "hits_fentry"),
+    "perf_event": ("probe_perf_event", "hits_perf_event"),
 }
+PERF_PROBE_PERIOD_NS = 1_000_000
+PERF_PROBE_MAX_S = 0.5
 REQUIRED = ("tracepoint", "uprobe")
 
 
@@ -79,6 +84,8 @@ def _try(cap: str) -> tuple[bool, str]:
                     obj.attach_uprobe(prog, libc, offsets["getppid"], pid=os.getpid())
                 else:  # one link, multi or session by how the program was loaded
                     obj.attach_uprobe_multi(prog, libc, [offsets["getppid"]], [1], pid=os.getpid())
+            elif cap == "perf_event":
+                return _fire_perf_event(obj, prog, counter)
             else:
                 obj.attach(prog)
             calls = 3
@@ -94,6 +101,17 @@ def _try(cap: str) -> tuple[bool, str]:
         if exc.errno == errno.EPERM and privileged():
             return False, f"refused by the kernel (EPERM) even with privileges, at {exc.step}"
         return False, str(exc).splitlines()[0]
+
+
+def _fire_perf_event(obj: BpfObject, prog: str, counter: str) -> tuple[bool, str]:
+    """Sample this process on the CPU clock every ms and spin until a sample lands (or give up)."""
+    obj.attach_perf_event(prog, perf_event_open_cpu_clock(-1, PERF_PROBE_PERIOD_NS, pid=os.getpid()))
+    deadline = time.monotonic() + PERF_PROBE_MAX_S
+    while time.monotonic() < deadline:
+        hits = int(obj.global_u64s(counter)[0])
+        if hits:
+            return True, f"fired {hits}x"
+    return False, "attached but never fired"
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,9 @@
 
 Only what whyprobe needs: open an object, set rodata, choose programs, reuse
 and resize maps, load (with the verifier log in the error), attach
-tracepoints / raw tracepoints / uprobes, and uprobe_multi through the raw
-bpf(2) syscall (Debian's libbpf 1.1 predates bpf_program__attach_uprobe_multi).
+tracepoints / raw tracepoints / uprobes / perf events (opened by
+kernel/perf.py), and uprobe_multi through the raw bpf(2) syscall (Debian's
+libbpf 1.1 predates bpf_program__attach_uprobe_multi).
 Pointer APIs return NULL + errno and int APIs -errno; both become BpfError.
 """
 
@@ -97,7 +98,9 @@ bpf_program__fd = _fn("bpf_program__fd", _int, _vp)
 bpf_program__attach = _fn("bpf_program__attach", _vp, _vp)
 bpf_program__attach_tracepoint_opts = _fn("bpf_program__attach_tracepoint_opts", _vp, _vp, _cp, _cp, _vp)
 bpf_program__attach_raw_tracepoint = _fn("bpf_program__attach_raw_tracepoint", _vp, _vp, _cp)
+bpf_program__attach_perf_event = _fn("bpf_program__attach_perf_event", _vp, _vp, _int)
 bpf_program__attach_uprobe_opts = _fn("bpf_program__attach_uprobe_opts", _vp, _vp, _int, _cp, _sz, _vp)
+bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", _int, _int, _vp, ct.POINTER(_u32))
 bpf_map__name = _fn("bpf_map__name", _cp, _vp)
 bpf_map__fd = _fn("bpf_map__fd", _int, _vp)
 bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", _int, _vp, _u32)
@@ -489,6 +492,15 @@ class BpfObject:
     def attach_raw_tracepoint(self, prog: str, event: str) -> Link:
         ptr = bpf_program__attach_raw_tracepoint(self._prog(prog), event.encode())
         return self._keep(Link(prog, ptr=_check_ptr(ptr, "attach raw tracepoint", event)))
+
+    def attach_perf_event(self, prog: str, perf_fd: int) -> Link:
+        """Run `prog` on every sample of the perf event `perf_fd`; the link owns the fd (destroy closes it)."""
+        ptr = bpf_program__attach_perf_event(self._prog(prog), perf_fd)
+        if not ptr:
+            err = _err()
+            os.close(perf_fd)
+            raise BpfError("attach perf_event", prog, err)
+        return self._keep(Link(prog, ptr=ptr))
 
     def _multi_attach_type(self, prog: str) -> int:
         return BPF_TRACE_UPROBE_SESSION if prog in self._session_uprobes else BPF_TRACE_UPROBE_MULTI

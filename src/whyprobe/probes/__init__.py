@@ -20,6 +20,7 @@ REGISTRY = {
     "net": ("whyprobe.probes.host", "NetFamily"),
     "syscalls": ("whyprobe.probes.host", "SyscallsFamily"),
     "proc": ("whyprobe.probes.host", "ProcFamily"),
+    "profile": ("whyprobe.probes.profile", "ProfileFamily"),
     "stacks": ("whyprobe.probes.stacks", "StacksFamily"),
     "wire": ("whyprobe.probes.wire", "WireFamily"),
     "custom": ("whyprobe.probes.custom", "CustomFamily"),

@@ -15,7 +15,10 @@ def render_stacks(stacks: list[dict], out: TextIO) -> None:
         out.write("no stacks in this trace (record with stack capture on)\n")
         return
     for i, s in enumerate(stacks, 1):
-        out.write(f"#{i} {s['op']}: {s['count']} calls, {_ms(s['total_ns'])} total\n")
+        if s["op"] == "cpu_sample":  # instants: a count of samples, no duration
+            out.write(f"#{i} on-CPU: {s['count']} samples\n")
+        else:
+            out.write(f"#{i} {s['op']}: {s['count']} calls, {_ms(s['total_ns'])} total\n")
         for f in s["frames"]:
             out.write(f"    {f}\n")
 
