@@ -12,6 +12,8 @@ import sys
 from typing import Sequence
 
 import typer
+
+# typer 0.29 vendors click as typer._click: its usage errors are not the `click` package's classes.
 from typer._click import exceptions as click_errors
 
 from whyprobe import __version__
