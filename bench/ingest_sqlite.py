@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.events import EVENT_DTYPE
-from whyprobe.store.writer import Writer, clock_offset_ns, rows_from_records
+from whyprobe import clock
+from whyprobe.store.rows import rows_from_records
+from whyprobe.store.writer import Writer
 
 TARGET = 300_000
 
@@ -37,7 +39,7 @@ def make_records(n: int, seed: int = 1) -> np.ndarray:
 
 def run(n: int, batch: int) -> dict:
     records = make_records(n)
-    offset = clock_offset_ns()
+    offset = clock.measure_offset_ns()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         t0 = time.perf_counter()

@@ -40,8 +40,8 @@ __all__ = [
     "tool_plan",
 ]
 
-PROBE_FAMILIES = ("cuda", "sched", "block", "net", "syscalls", "proc", "stacks", "wire")
-Family = Literal["cuda", "sched", "block", "net", "syscalls", "proc", "stacks", "wire"]
+PROBE_FAMILIES = ("cuda", "sched", "block", "net", "mem", "syscalls", "proc", "stacks", "wire")
+Family = Literal["cuda", "sched", "block", "net", "mem", "syscalls", "proc", "stacks", "wire"]
 
 
 def _size_bytes(value: Any) -> int:
@@ -146,7 +146,7 @@ class TracepointSpec(_Section):
 
 class ProbesConfig(_Section):
     families: list[Family] = Field(
-        ["cuda", "sched", "block", "net", "syscalls", "proc"],
+        ["cuda", "sched", "block", "net", "mem", "syscalls", "proc"],
         description=f"Probe families to enable; any of: {', '.join(PROBE_FAMILIES)}.",
     )
     uprobes: list[UprobeSpec] = Field(

@@ -26,5 +26,10 @@ class StoreError(WhyprobeError):
     """A database is missing, corrupt, of an unknown version, or not a trace."""
 
 
+class KernelError(WhyprobeError):
+    """The kernel side of a trace cannot be used as asked: a ring or map that does not match
+    this build, a pid the kernel cannot hold."""
+
+
 class ConfigError(WhyprobeError):
     """A configuration file or value is invalid."""

@@ -53,12 +53,87 @@ PAYLOAD_DTYPE = np.dtype(
 )
 assert PAYLOAD_DTYPE.itemsize == 48
 
+# The one stored-event layout: a row of the `events` table as int64, in this order,
+# everywhere events are held in memory (writer, reader, live session, live explainer,
+# exports, MCP). `id` is the table's rowid; 0 in rows not yet stored (the writer
+# lets SQLite assign it). Convert other layouts with `as_event_rows`, never with
+# `astype`, which numpy matches by position, not by name.
+EVENT_ROW_COLUMNS = (
+    "id",
+    "timestamp",
+    "pid",
+    "tid",
+    "source",
+    "op",
+    "duration",
+    "arg0",
+    "arg1",
+    "arg2",
+    "aux",
+    "ret_code",
+    "cpu",
+    "cgroup_id",
+    "flags",
+    "stack_hash",
+)
+EVENT_ROW_DTYPE = np.dtype([(name, "<i8") for name in EVENT_ROW_COLUMNS])
+# What a column the source layout lacks reads as (cpu -1 = unknown; everything else 0).
+EVENT_ROW_DEFAULTS = {"cpu": -1}
+
+
+def as_event_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` (any structured array) as EVENT_ROW_DTYPE, field by field by name.
+
+    Rows already in the layout come back as they are (no copy); fields the source
+    lacks take EVENT_ROW_DEFAULTS, fields the layout lacks are left out.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype == EVENT_ROW_DTYPE:
+        return rows
+    if rows.dtype.names is None:
+        raise TypeError(f"event rows must be a structured array, got {rows.dtype}")
+    out = np.empty(rows.shape, EVENT_ROW_DTYPE)
+    for name in EVENT_ROW_COLUMNS:
+        out[name] = rows[name] if name in rows.dtype.names else EVENT_ROW_DEFAULTS.get(name, 0)
+    return out
+
+
 # Flags on an event (WP_F_* in whyprobe.h).
 F_PTSZ = 1 << 0
 F_NO_RETURN = 1 << 1
 F_PREEMPTED = 1 << 2
 F_HAS_PAYLOAD = 1 << 3
 F_HAS_PYSTACK = 1 << 4
+F_DETAIL_LOST = 1 << 8  # set in user space: the event is stored, its payload (detail) was lost
+F_SOCK_OWNER = 1 << 9
+F_FAULT_WAIT = 1 << 10
+
+
+class Details:
+    """The `events.detail` column of a batch, without a Python str per event.
+
+    Row i's text is text[offsets[i]:offsets[i] + lengths[i]] (UTF-8), NULL where
+    lengths[i] < 0: the paths of a batch stay where the payload ring put them.
+    """
+
+    __slots__ = ("text", "offsets", "lengths")
+
+    def __init__(self, text: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        self.text, self.offsets, self.lengths = text, offsets, lengths
+
+    @classmethod
+    def from_strings(cls, values: "list[str | None]") -> "Details":
+        encoded = [None if v is None else v.encode() for v in values]
+        lengths = np.array([-1 if e is None else len(e) for e in encoded], np.int32)
+        offsets = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+        return cls(np.frombuffer(b"".join(e for e in encoded if e), np.uint8), offsets, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def tolist(self) -> "list[str | None]":
+        raw = self.text.tobytes()
+        return [None if n < 0 else raw[o : o + n].decode("utf-8", "replace") for o, n in zip(self.offsets.tolist(), self.lengths.tolist())]
 
 
 class Source(IntEnum):
@@ -81,6 +156,7 @@ class PayloadKind(IntEnum):
     WRITE = 5
     SSL_READ = 6
     SSL_WRITE = 7
+    SYMBOL = 8
 
 
 PL_TRUNCATED = 1 << 0
@@ -149,6 +225,7 @@ OPS: list[OpInfo] = (
             (22, "cudaStreamWaitEvent", "Make a stream wait for an event (arg2 = stream)"),
             (23, "cudaEventQuery", "Poll an event (arg0 = event)"),
             (24, "cudaStreamQuery", "Poll a stream (arg2 = stream)"),
+            (25, "cudaGetKernel", "Kernel handle of a host stub, as CUDA 13 launch stubs get it (arg0 = host function, arg1 = cudaKernel_t returned)"),
         ],
     )
     + _ops(
@@ -157,12 +234,15 @@ OPS: list[OpInfo] = (
             (1, "sched_switch", "Off-CPU interval of a traced thread (duration = off-CPU time)"),
             (2, "sched_wakeup", "A traced thread was woken (arg1 = waker tid)"),
             (3, "mm_page_alloc", "Kernel page allocation (arg0 = bytes)"),
-            (4, "oom_kill", "Out-of-memory killer invoked"),
+            (4, "oom_kill", "Out-of-memory kill (pid/tid = the allocating task, arg0 = victim pid, arg1/arg2 = its anon/file rss pages)"),
             (5, "process_exec", "execve (detail = filename and argv head)"),
             (6, "process_exit", "Process exited (ret = exit code)"),
             (7, "process_fork", "Process forked (arg0 = child pid, auto-enrolled)"),
             (8, "page_fault", "User page fault (arg0 = address)"),
             (16, "cpu_sample", "On-CPU sample of a traced thread (arg0 = period ns, arg1 = 1 in kernel mode; stack = what it ran)"),
+            (20, "direct_reclaim", "Direct reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
+            (21, "memcg_reclaim", "Cgroup memory reclaim stall of a traced thread (arg0 = pages reclaimed, arg1 = order, arg2 = gfp flags)"),
+            (22, "compaction", "Memory compaction in a traced thread's context (arg0 = status, arg1 = sync)"),
         ],
     )
     + _ops(
@@ -182,6 +262,9 @@ OPS: list[OpInfo] = (
             (12, "cuEventSynchronize", "Wait for an event via driver API"),
             (13, "cuMemMap", "Map a VMM allocation (arg0 = bytes)"),
             (14, "cuMemCreate", "Create a VMM allocation (arg0 = bytes)"),
+            (15, "cuModuleGetFunction", "Kernel handle by name (arg0 = module, arg1 = CUfunction returned, arg2 = name pointer; detail = name)"),
+            (16, "cuLibraryGetKernel", "Kernel handle by name (arg0 = library, arg1 = CUkernel returned, arg2 = name pointer; detail = name)"),
+            (17, "cuKernelGetFunction", "Function of a kernel in the current context (arg0 = CUkernel, arg1 = CUfunction returned)"),
         ],
     )
     + _ops(

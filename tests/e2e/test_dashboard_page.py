@@ -20,6 +20,7 @@ import httpx
 from playwright.sync_api import expect
 import pytest
 
+from whyprobe.analyze.explain import explain
 from whyprobe.commands import main
 from whyprobe.events import F_PREEMPTED, Source
 from whyprobe.store import schema
@@ -37,27 +38,8 @@ T0 = 1_700_000_000_000_000_000
 TRAINER, LOADER, MCP_PID = 4242, 4243, 5151
 EVIL_COMM = "<img src=x onerror=alert(1)>"
 EVIL_FILE = "<script>window.pwned=1</script>.txt"
-STORED_SUMMARY = "cudaLaunchKernel p99 is 250x its p50 on tid 4242: preempted by stress-ng for 40 ms"
-FINDING_BODY = {
-    "id": "tail-cudaLaunchKernel-4242",
-    "kind": "tail",
-    "severity": "high",
-    "op": "cudaLaunchKernel",
-    "tid": TRAINER,
-    "lost_ns": 40_000_000,
-    "count": 60,
-    "p50_ns": 20_000,
-    "p99_ns": 5_000_000,
-    "tail_ratio": 250.0,
-    "slow_calls": 8,
-    "causes": [{"kind": "off_cpu", "slow_calls": 8, "explained_ns": 38_000_000, "blockers": [{"pid": 777, "tid": 777, "comm": "stress-ng", "ns": 38_000_000}]}],
-    "summary": STORED_SUMMARY,
-    "recommendations": ["Pin the training thread with cpuset away from stress-ng"],
-}
-
-
 def build_synthetic_db(path: Path) -> Path:
-    """A small whyprobe trace: a CUDA thread with a tail, off-CPU and I/O, a finding, two MCP tool calls."""
+    """A small whyprobe trace: a CUDA thread with a tail, preempted by `stress-ng`, off-CPU and I/O, two MCP tool calls."""
     conn = sqlite3.connect(path)
     schema.create(conn)
     ms = 1_000_000
@@ -75,16 +57,9 @@ def build_synthetic_db(path: Path) -> Path:
         "INSERT INTO events(timestamp, pid, tid, source, op, duration, arg1, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    conn.executemany("INSERT INTO process_names(pid, name) VALUES (?, ?)", [(TRAINER, "trainer"), (MCP_PID, "mcp-srv")])
+    conn.executemany("INSERT INTO process_names(pid, name) VALUES (?, ?)", [(TRAINER, "trainer"), (MCP_PID, "mcp-srv"), (777, "stress-ng")])
     conn.executemany("INSERT INTO thread_names(tid, pid, comm) VALUES (?, ?, ?)", [(TRAINER, TRAINER, "trainer"), (LOADER, TRAINER, EVIL_COMM)])
     conn.execute("INSERT INTO sessions(started_at, stopped_at, hostname, ring_drops, queue_drops) VALUES (?, ?, 'gpu-box', 3, 0)", (T0, T0 + 700 * ms))
-    stale = dict(FINDING_BODY, summary="an older run of the same finding")
-    for created, body in ((T0 + 1, stale), (T0 + 2, FINDING_BODY)):
-        conn.execute(
-            "INSERT INTO findings(finding_key, created_at, window_start, window_end, kind, severity, source, op, tid, lost_ns, summary, body)"
-            " VALUES ('tail-cudaLaunchKernel-4242', ?, ?, ?, 'tail', 'high', 'cuda', 'cudaLaunchKernel', ?, ?, ?, ?)",
-            (created, T0, T0 + 700 * ms, TRAINER, body["lost_ns"], body["summary"], json.dumps(body)),
-        )
     conn.executemany(
         "INSERT INTO tool_calls(id, server_pid, tool_name, started_at, ended_at, duration, is_error, cpu_user_ns, cpu_sys_ns, syscalls, syscall_ns, files, endpoints, children, cuda_calls)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -117,9 +92,7 @@ def serve(db_path: Path) -> Iterator[DashboardServer]:
 
 
 @pytest.fixture
-def synthetic_server(synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DashboardServer]:
-    # Pin the stored-findings path so the assertions do not depend on whether the explain engine is installed.
-    monkeypatch.setitem(sys.modules, "whyprobe.analyze.explain", None)
+def synthetic_server(synthetic_db: Path) -> Iterator[DashboardServer]:
     yield from serve(synthetic_db)
 
 
@@ -194,19 +167,14 @@ def test_dashboard_histograms_use_log2_buckets(synthetic_server: DashboardServer
     assert [h["lane"] for h in doc["histograms"]][:2] == ["cuda", "cuda"]
 
 
-def test_dashboard_findings_fall_back_to_the_latest_stored_row(synthetic_server: DashboardServer) -> None:
+def test_dashboard_findings_are_explains(synthetic_server: DashboardServer, synthetic_db: Path) -> None:
     doc = httpx.get(synthetic_server.url + "api/findings").json()
-    assert doc["source"] == "stored"
-    assert [f["summary"] for f in doc["findings"]] == [STORED_SUMMARY]
-    assert doc["findings"][0]["causes"][0]["blockers"][0]["comm"] == "stress-ng"
-
-
-def test_dashboard_findings_without_engine_or_table_say_so(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "whyprobe.analyze.explain", None)
-    with open_trace(shared_data / "pytorch-dataloader-starvation.db") as db:
-        doc = data.findings(db)
-    assert doc["source"] == "none" and doc["findings"] == []
-    assert "not available" in doc["note"]
+    with open_trace(synthetic_db) as db:
+        expected = explain(db, min_severity="low")["findings"]
+    assert doc["source"] == "explain" and doc["findings"] == expected
+    top = doc["findings"][0]
+    assert (top["op"], top["tid"], top["causes"][0]["kind"]) == ("cudaLaunchKernel", TRAINER, "off_cpu")
+    assert top["causes"][0]["blockers"][0]["comm"] == "stress-ng"
 
 
 def test_dashboard_tool_calls_carry_footprints(synthetic_server: DashboardServer) -> None:
@@ -328,12 +296,13 @@ def test_dashboard_page_shows_finding_tool_calls_and_escapes_traced_text(browser
     page, problems = load_page(browser, synthetic_server.url, ARTIFACTS / "dashboard-synthetic.png")
     try:
         assert problems == []
-        card = page.locator("#findings article.card.high")
+        top = httpx.get(synthetic_server.url + "api/findings").json()["findings"][0]
+        card = page.locator(f"#findings article.card.{top['severity']}")
         assert card.count() == 1
         card_text = card.inner_text()
-        assert STORED_SUMMARY in card_text
-        assert "stress-ng (pid 777, tid 777) 38.0 ms" in card_text
-        assert "Pin the training thread with cpuset away from stress-ng" in card_text
+        assert top["summary"] in card_text
+        assert "stress-ng (pid 777, tid 777) 4.00 ms" in card_text
+        assert top["recommendations"][0] in card_text
         assert "incomplete" in page.inner_text("#facts") and "ring_drops 3" in page.inner_text("#facts")
         table = page.inner_text("#tool-calls")
         assert "read_file" in table and "fetch_url" in table and "93.184.216.34:443" in table
@@ -383,7 +352,7 @@ def test_dashboard_page_survives_a_failing_endpoint(browser: object, synthetic_s
     try:
         assert problems == ["console error: Failed to load resource: the server responded with a status of 500 (Internal Server Error)"]
         assert "Could not load /api/histograms: /api/histograms failed: RuntimeError: histogram bug" in page.inner_text("#histograms-section")
-        assert STORED_SUMMARY in page.inner_text("#findings")
+        assert "`stress-ng` (pid 777)" in page.inner_text("#findings")
         assert "fetch_url" in page.inner_text("#tool-calls")
     finally:
         page.close()

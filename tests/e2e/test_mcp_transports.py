@@ -19,18 +19,13 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from testkit import free_port
 
 from whyprobe.commands import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
 TOKEN = "t0ken-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], port: int, env: dict, tls: bool = False) -> subprocess.Popen:

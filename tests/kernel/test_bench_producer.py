@@ -16,16 +16,16 @@ import pytest
 
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.loader import ProbeSet
-from whyprobe.kernel.ring import RingReader
-from whyprobe.events import EVENT_DTYPE, Source, op_by_name
+from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_by_name
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
 
 RECORD_BYTES = 112  # 8-byte ring header + 104-byte wp_event
 
 
-def _ctx(count: int, pid: int, tid: int, seq: int, duration_ns: int) -> bytes:
-    return struct.pack("<5Q", count, pid, tid, seq, duration_ns)
+def _ctx(count: int, pid: int, tid: int, seq: int, duration_ns: int, mode: int = 0) -> bytes:
+    return struct.pack("<6Q", count, pid, tid, seq, duration_ns, mode)
 
 
 def _producer(ring_bytes: int) -> ProbeSet:
@@ -59,7 +59,31 @@ def test_one_run_writes_exactly_the_records_asked_for() -> None:
         assert set(recs["comm"]) == {b""}
         ts = recs["ts_ns"].astype(np.int64)
         assert before <= ts[0] and ts[-1] <= after and (np.diff(ts) >= 0).all()
-        assert ps.drops() == {"ring": 0, "rate": 0}
+        assert ps.drops() == {"ring": 0, "rate": 0, "payload": 0, "by_family": {}, "by_cpu": {}}
+
+
+def test_detail_and_new_process_modes_write_what_the_payload_and_naming_paths_meet() -> None:
+    # GIVEN the producer on rings with room for everything
+    with _producer(1 << 20) as ps:
+        obj = ps.objects[0]
+        ring, payloads = RingReader(ps.events_fd, EVENT_DTYPE), PayloadReader(ps.payloads_fd)
+        # WHEN one run makes 300 openat events with paths, another 200 events of new processes
+        assert obj.test_run("produce", _ctx(300, 4321, 4322, 0x10, 20_000, 1)) == 300
+        assert obj.test_run("produce", _ctx(200, 5000, 5000, 0, 20_000, 2)) == 200
+        recs, pl = ring.poll(10), payloads.poll(10)
+        ring.close()
+        payloads.close()
+        # THEN each openat event has F_HAS_PAYLOAD and one PATH payload at its (tid, ts), sized to the path
+        opens, fresh = recs[:300], recs[300:]
+        assert set(opens["source"]) == {Source.SYSCALL} and set(opens["op"]) == {257} and set(opens["flags"]) == {F_HAS_PAYLOAD}
+        assert len(pl) == 300 and set(pl.hdr["kind"]) == {PayloadKind.PATH}
+        assert np.array_equal(pl.hdr["ts_ns"], opens["ts_ns"]) and set(pl.hdr["tid"]) == {4322}
+        assert [pl.data(i) for i in (0, 299)] == [b"/usr/lib/python3/site-packages/mod_00000010", b"/usr/lib/python3/site-packages/mod_0000013b"]
+        assert payloads.bytes_read == 300 * (8 + 48 + 48)
+        # AND the new-process events each come from their own pid and tid, named
+        assert np.array_equal(fresh["pid"], np.arange(5000, 5200)) and np.array_equal(fresh["tid"], fresh["pid"])
+        assert set(fresh["comm"]) == {b"storm"} and set(fresh["source"]) == {Source.CUDA}
+        assert ps.drops()["payload"] == 0
 
 
 def test_full_ring_counts_every_record_that_did_not_fit() -> None:

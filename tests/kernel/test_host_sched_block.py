@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -107,8 +106,7 @@ def _trace(family, proc: subprocess.Popen) -> tuple[np.ndarray, str, object]:
         proc.stdin.write("go\n")
         proc.stdin.flush()
         out = proc.stdout.readline()
-        proc.wait(timeout=30)
-        time.sleep(0.05)
+        proc.wait(timeout=30)  # its records are in the ring before it is reaped
         batches = [ring.poll(100)]
         while len(batches[-1]):
             batches.append(ring.poll(0))

@@ -6,7 +6,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,7 @@ def _run_traced_shell(db: Path, families: list, script: str) -> int:
     try:
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
-        proc.wait(timeout=30)
-        time.sleep(0.1)
+        proc.wait(timeout=30)  # stop() drains what it wrote up to its exit
     finally:
         session.stop()
     return proc.pid

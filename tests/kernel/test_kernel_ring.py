@@ -40,7 +40,7 @@ def test_every_call_is_one_record_in_order() -> None:
         assert set(recs["pid"]) == {os.getpid()}
         assert set(recs["op"]) == {110}
         assert (np.diff(recs["ts_ns"].astype(np.int64)) >= 0).all()
-        assert ps.drops() == {"ring": 0, "rate": 0}
+        assert ps.drops() == {"ring": 0, "rate": 0, "payload": 0, "by_family": {}, "by_cpu": {}}
 
 
 def test_untraced_process_is_filtered_in_the_kernel() -> None:
@@ -65,8 +65,11 @@ def test_full_ring_counts_every_drop_and_keeps_the_rest() -> None:
             os.getppid()
         second = ring.poll(10)
         ring.close()
-        drops = ps.drops()["ring"]
+        counted = ps.drops()
+        drops = counted["ring"]
         # THEN stored + dropped == calls, and the stored records are the earliest ones
+        assert counted["by_family"] == {"selftest": {"events": drops, "payloads": 0}} and counted["payload"] == 0
+        assert sum(c["events"] for c in counted["by_cpu"].values()) == drops
         assert len(first) == 4096 // 112
         assert len(first) + len(second) + drops == 5_100
         assert np.array_equal(first["arg0"], np.arange(first["arg0"][0], first["arg0"][0] + len(first)))
@@ -103,7 +106,7 @@ def test_concurrent_producer_and_drain_lose_nothing_while_the_ring_has_room() ->
             for seq in range(0, total, batch):
                 while ring.available_bytes() > ring_bytes // 2:
                     pass
-                obj.test_run("produce", struct.pack("<5Q", batch, 1, 2, seq, 1))
+                obj.test_run("produce", struct.pack("<6Q", batch, 1, 2, seq, 1, 0))
 
         producer = threading.Thread(target=produce)
         producer.start()
@@ -116,5 +119,5 @@ def test_concurrent_producer_and_drain_lose_nothing_while_the_ring_has_room() ->
         # THEN every record arrived once, in order, and no reservation failed: the kernel never saw
         # a half-written consumer position (struct packs '<Q' a byte at a time: that failed this test every run)
         seqs = np.concatenate(got)
-        assert ps.drops() == {"ring": 0, "rate": 0}
+        assert ps.drops() == {"ring": 0, "rate": 0, "payload": 0, "by_family": {}, "by_cpu": {}}
         assert np.array_equal(seqs, np.arange(total, dtype=np.uint64))

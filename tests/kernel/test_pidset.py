@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from whyprobe.errors import KernelError
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.host import ProcFamily
@@ -63,5 +64,5 @@ def test_fork_enrols_the_child_and_exit_removes_it() -> None:
 def test_pids_outside_the_set_are_refused() -> None:
     with ProbeSet() as ps:
         ProcFamily().attach(ps, TargetSpec(pids=[]))
-        with pytest.raises(ValueError, match="outside"):
+        with pytest.raises(KernelError, match="cannot be traced"):
             ps.add_targets([1 << 22])

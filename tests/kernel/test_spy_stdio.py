@@ -72,8 +72,8 @@ def test_two_mib_argument_captured_whole(spied) -> None:
     _, _, msgs, _, _ = spied
     [big] = [m for m in msgs if m["tool_name"] == "size" and m["kind"] == "request"]
     assert big["size"] > BIG
-    # Stored payloads are capped (64 KiB of text); the message's own size is its real length.
-    assert big["truncated"] == 1 and len(json.dumps(big["payload"])) < BIG
+    # Under --max-message 4MiB the 2 MiB message is captured and stored whole.
+    assert big["truncated"] == 0 and big["payload"]["params"]["arguments"] == {"blob": "x" * BIG}
 
 
 def test_batch_requests_are_each_reported(spied) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from whyprobe.commands import main
 from whyprobe.demo.build import build_workloads
+from whyprobe.probes.cuda import RUNTIME_SYMBOLS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def test_cmd_run_without_lib_attaches_what_the_linker_would_load(bpf_required, t
     doc = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert doc["ops"]["cudaFree"]["count"] == 77 and doc["command_exit_status"] == 0
     flags = json.loads(sqlite3.connect(tmp_path / "t.db").execute("SELECT flags FROM sessions").fetchone()[0])
-    assert {"path": str(w.cudart), "via": "LD_LIBRARY_PATH", "symbols": 38, "missing": []} in flags["cuda_libraries"]
+    assert {"path": str(w.cudart), "via": "LD_LIBRARY_PATH", "symbols": len(RUNTIME_SYMBOLS), "missing": []} in flags["cuda_libraries"]
 
 
 def test_ring_overflow_is_printed(bpf_required, tmp_path, capsys):
@@ -54,10 +55,15 @@ def test_ring_overflow_is_printed(bpf_required, tmp_path, capsys):
     rc = _trace(tmp_path, "--quiet", "--ring", "4KiB", "--lib", str(w.cudart), "--cmd", "--", str(w.driver), str(w.cudart), "cudaFree=100000")
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    m = re.fullmatch(r"Wrote .* \(([\d,]+) events, ([\d,]+) dropped\) - drops: ring ([\d,]+), rate limit 0, writer queue ([\d,]+)", line)
+    m = re.fullmatch(
+        r"Wrote .* \(([\d,]+) events, ([\d,]+) dropped\) - drops: ring ([\d,]+), rate limit 0, writer queue ([\d,]+)"
+        r" \(cuda_session ([\d,]+); (cpu\d+ [\d,]+(?:, cpu\d+ [\d,]+)*)\)", line)
     assert m, line
-    events, dropped = (int(g.replace(",", "")) for g in m.group(1, 2))
+    events, dropped, ring, _, family = (int(g.replace(",", "")) for g in m.group(1, 2, 3, 4, 5))
     assert dropped > 0 and events + dropped == 100000
+    # THEN the losses are said per family and per CPU, and add up
+    per_cpu = [int(c.split()[1].replace(",", "")) for c in m.group(6).split(", ")]
+    assert family == ring == sum(per_cpu)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,16 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cuda_helpers import REAL_CUDART
+from testkit import free_port
 
 from whyprobe.demo.build import build_workloads
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _whyprobe(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "whyprobe", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -32,7 +26,7 @@ def _whyprobe(*args: str) -> subprocess.Popen:
 def test_metrics_are_served_while_tracing_and_count_every_call(tmp_path: Path) -> None:
     # GIVEN a workload making 400 cudaMalloc calls at 200/s (2 s), traced with --metrics
     w = build_workloads()
-    port = _free_port()
+    port = free_port()
     proc = _whyprobe("trace", "--quiet", "--probes", "cuda", "--lib", str(REAL_CUDART), "--metrics", f"127.0.0.1:{port}",
                      "--out", str(tmp_path / "t.db"), "--cmd", "--", str(w.driver), "-r", "200", str(REAL_CUDART), "cudaMalloc=400")
     # WHEN it is scraped over HTTP while the trace runs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from mcp.client.streamable_http import streamable_http_client
 from cuda_helpers import REAL_CUDART
 
 from whyprobe.commands import main
+from testkit import free_port
+
 from whyprobe.demo.build import build_workloads
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def _count(url: str) -> int:
     async with httpx.AsyncClient() as http:
@@ -37,7 +32,7 @@ async def _count(url: str) -> int:
 def test_a_live_trace_answers_sql_over_mcp(tmp_path: Path) -> None:
     # GIVEN a 4 s workload making 100 cudaFree calls per second, traced with --serve
     w = build_workloads()
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "whyprobe", "trace", "--quiet", "--probes", "cuda", "--lib", str(REAL_CUDART), "--out", str(tmp_path / "t.db"),
          "--serve", f"127.0.0.1:{port}", "--cmd", "--", str(w.driver), "-r", "100", str(REAL_CUDART), "cudaFree=400"],

@@ -121,3 +121,29 @@ def test_library_dlopened_after_start_is_attached(bpf_required, tmp_path):
     flags = json.loads(sqlite3.connect(tmp_path / "t.db").execute("SELECT flags FROM sessions").fetchone()[0])
     (late,) = flags["cuda_late_attach"]
     assert late["path"] == lib and late["max_gap_ns"] > 0
+
+
+def test_the_clock_offset_stored_is_the_one_applied(bpf_required, tmp_path):
+    # GIVEN a held workload making 200 cudaMalloc calls, traced with the raw records and the
+    # stored rows of every batch kept side by side
+    w = build_workloads()
+    proc = subprocess.Popen([str(w.driver), "-w", str(w.cudart), "cudaMalloc=200"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    options = TraceOptions()
+    options.on_records.append(lambda rec: seen.append((rec["ts_ns"].astype(np.int64), None)))
+    options.on_rows.append(lambda rows: seen.__setitem__(-1, (seen[-1][0], rows["timestamp"].copy())))
+    session = TraceSession(tmp_path / "t.db", [CudaFamily([str(w.cudart)])], TargetSpec(pids=[proc.pid]), options)
+    session.start()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    session.run(lambda: proc.poll() is not None)
+    session.stop()
+    # THEN every event's unix timestamp is its monotonic one plus the offset in `sessions`,
+    # the same value the probe families were given
+    stored = sqlite3.connect(tmp_path / "t.db").execute("SELECT clock_offset_ns FROM sessions").fetchone()[0]
+    mono = np.concatenate([m for m, _ in seen])
+    unix = np.concatenate([u for _, u in seen])
+    assert len(mono) == 200
+    assert set((unix - mono).tolist()) == {stored}
+    assert session.probes.clock_offset_ns == stored

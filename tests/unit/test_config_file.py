@@ -32,7 +32,7 @@ def test_no_file_and_empty_file_are_the_defaults(tmp_path: Path) -> None:
     assert defaults.security.bind == "127.0.0.1:8755"
     assert defaults.security.max_rows == 1000
     assert defaults.security.rate_limit_per_second == 100
-    assert defaults.probes.families == ["cuda", "sched", "block", "net", "syscalls", "proc"]
+    assert defaults.probes.families == ["cuda", "sched", "block", "net", "mem", "syscalls", "proc"]
 
 
 def test_example_has_the_seed_shape_and_default_scalars(capsys) -> None:
@@ -98,7 +98,7 @@ def test_human_units_are_read() -> None:
             "probes:\n  tracepoints:\n  - {name: 'sched:sched_switch', filter: pid = 3}\n",
             '''probes.tracepoints[0].filter: expected conditions like "pid == 123", "prev_state != 0" or "rwbs ~ '.*W.*'", joined with && or ||, got "pid = 3"''',
         ),
-        ("probes:\n  families: [cuda, gpu]\n", 'probes.families[1]: expected one of: cuda, sched, block, net, syscalls, proc, stacks, wire, got "gpu"'),
+        ("probes:\n  families: [cuda, gpu]\n", 'probes.families[1]: expected one of: cuda, sched, block, net, mem, syscalls, proc, stacks, wire, got "gpu"'),
         ("security:\n  max_rows: 20000\n", "security.max_rows: expected a number <= 10000, got 20000"),
         ("security:\n  tls_cert: a.pem\n", 'security.tls_cert: expected tls_cert and tls_key together (both or neither), got "a.pem"'),
         ("security:\n  bind: nowhere\n", 'security.bind: expected an address like :9464, 127.0.0.1:9464 or [::1]:9464, got "nowhere"'),

@@ -40,7 +40,7 @@ def test_cookies_encode_op_source_variant_and_layout():
 
 def test_symbol_set_is_what_the_design_lists():
     assert "__cudaLaunchKernel" not in ALL_SYMBOLS  # it tail-calls cudaLaunchKernel: probing both counts twice
-    assert len(RUNTIME_SYMBOLS) == 38 and len(DRIVER_SYMBOLS) == 29
+    assert len(RUNTIME_SYMBOLS) == 40 and len(DRIVER_SYMBOLS) == 32  # + the kernel-name lookups: 2 runtime, 3 driver
     assert {s.op for s in RUNTIME_SYMBOLS} == {o.name for o in OPS if o.source == Source.CUDA}
     assert {s.op for s in DRIVER_SYMBOLS} == {o.name for o in OPS if o.source == Source.DRIVER}
 

@@ -22,7 +22,8 @@ from explain_synth import (
 from whyprobe.analyze.engine import Names
 from whyprobe.analyze.explain import LiveExplainer, explain
 from whyprobe.events import Source
-from whyprobe.store.reader import EVENT_COLUMNS, open_trace
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.reader import open_trace
 
 
 def _explain(tmp_path, events, **kw) -> dict:
@@ -120,7 +121,7 @@ def test_live_explainer_reaches_the_batch_answer_incrementally(tmp_path):
 
 def test_live_explainer_accepts_empty_and_unsorted_batches():
     live = LiveExplainer()
-    live.feed(np.zeros(0, EVENT_COLUMNS))
+    live.feed(np.zeros(0, EVENT_ROW_DTYPE))
     assert live.findings() == []
 
 

@@ -8,16 +8,11 @@ import urllib.request
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import free_port
 
 from whyprobe.errors import CommandError
 from whyprobe.export.prometheus import BUCKET_BOUNDS_NS, TraceMetrics
-from whyprobe.events import EVENT_DTYPE, Source
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from whyprobe.events import EVENT_DTYPE, EVENT_ROW_DTYPE, Source
 
 
 def _records(rows: list[tuple[int, int, int]]) -> np.ndarray:
@@ -40,8 +35,8 @@ def test_histograms_counters_and_drops_over_http() -> None:
     metrics.observe(_records([(Source.CUDA, 3, d) for d in launches[:3]] + [(Source.CUDA, 5, 2_000_000)]))
     metrics.observe(_records([(Source.CUDA, 3, d) for d in launches[3:]] + [(Source.HOST, 1, 30_000)] * 3))
     metrics.set_drops(ring=7, queue=2)
-    metrics.set_drops(rate=1)
-    port = _free_port()
+    metrics.set_drops(rate=1, payload=11)
+    port = free_port()
     stop = metrics.serve(f":{port}")
     try:
         families = _scrape(port)
@@ -68,19 +63,20 @@ def test_histograms_counters_and_drops_over_http() -> None:
     # AND drop totals per reason
     drops = {s.labels["reason"]: s.value for s in families["whyprobe_dropped_events"].samples if s.name == "whyprobe_dropped_events_total"}
     assert drops == {"ring": 7, "queue": 2, "rate": 1}
+    # AND lost payload records apart from them (their events were kept)
+    assert [s.value for s in families["whyprobe_payloads_lost"].samples if s.name == "whyprobe_payloads_lost_total"] == [11]
 
 
-def test_observe_accepts_store_rows_with_a_duration_field() -> None:
-    rows = np.zeros(2, dtype=[("source", "<i8"), ("op", "<i8"), ("duration", "<i8")])
-    rows["source"], rows["op"], rows["duration"] = Source.DRIVER, 1, [10, 3_000]
+def test_observe_accepts_stored_event_rows() -> None:
+    rows = np.zeros(2, EVENT_ROW_DTYPE)
+    rows["source"], rows["op"], rows["duration"], rows["ret_code"] = Source.DRIVER, 1, [10, 3_000], [0, 700]
     metrics = TraceMetrics()
     metrics.observe(rows)
     metrics.observe(rows[:0])
-    counts, sums, drops, labels = metrics.snapshot()
-    key = (int(Source.DRIVER) << 32) | 1
-    assert labels[key] == ("driver", "cuLaunchKernel")
-    assert counts[key][:4].tolist() == [1, 0, 1, 0]  # bounds 1, 2, 5, 10 µs: 10 ns ≤ 1µs; 3 µs ≤ 5µs
-    assert sums[key] == 3_010
+    ops, drops = metrics.snapshot()
+    counts, total_ns, errors = ops[(int(Source.DRIVER), 1)]
+    assert counts[:4].tolist() == [1, 0, 1, 0]  # bounds 1, 2, 5, 10 µs: 10 ns ≤ 1µs; 3 µs ≤ 5µs
+    assert (total_ns, errors) == (3_010, 1)
     assert drops == {"ring": 0, "queue": 0, "rate": 0}
 
 

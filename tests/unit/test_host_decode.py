@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.probes.host import describe, sockaddr_text, tcp_retransmit_text
 from whyprobe.probes.pyframes import line_for
 from whyprobe.probes.stacks import ElfSymbols
+from whyprobe.store import fastsql
 from whyprobe.syscalls_x86_64 import SYSCALL_NAMES, syscall_name, syscall_nr, syscall_ops
 from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PAYLOAD_DTYPE, PayloadKind, Source, op_info
 
@@ -54,7 +57,7 @@ def test_describe_joins_payloads_to_their_event_by_tid_and_timestamp() -> None:
         _payload(7, 400, PayloadKind.PATH, b"a.tmp\0a"),
         _payload(8, 100, PayloadKind.SOCKADDR, tcp),
     ]
-    assert describe(records, payloads) == [
+    assert describe(records, payloads).tolist() == [
         "cat '/etc/host name'",
         "/etc/hostname",
         "127.0.0.1:8080",
@@ -62,6 +65,28 @@ def test_describe_joins_payloads_to_their_event_by_tid_and_timestamp() -> None:
         "10.0.0.1:40000 -> 10.0.0.2:443 ESTABLISHED",
         None,
     ]
+
+
+def test_describe_in_bulk_keeps_plain_paths_in_place_and_resolves_timestamp_ties(tmp_path) -> None:
+    # GIVEN 5,000 openat events and their paths, two threads sharing each timestamp, one path not ASCII
+    n = 5000
+    records = np.concatenate([_record(100 + i % 2, 1000 + i // 2, Source.SYSCALL, 257) for i in range(n)])
+    pairs = [_payload(100 + i % 2, 1000 + i // 2, PayloadKind.PATH, f"/lib/{i}.so".encode()) for i in range(n)]
+    pairs[7] = _payload(101, 1003, PayloadKind.PATH, "/tmp/caf\u00e9".encode())
+    pairs.reverse()  # the join must not depend on order
+    del pairs[10]  # the payload of the event n - 11 was lost
+    details = describe(records, PayloadBatch.from_pairs(pairs))
+    # THEN every event has its own path, the lost one is NULL, and plain paths point into the payload bytes
+    want = [f"/lib/{i}.so" for i in range(n)]
+    want[7], want[n - 11] = "/tmp/caf\u00e9", None
+    assert details.tolist() == want
+    assert (details.lengths >= 0).sum() == n - 1
+    # AND the C bulk insert stores them as is
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t(a INTEGER, b INTEGER, detail TEXT)")
+    rows = np.arange(2 * n, dtype=np.int64).reshape(n, 2)
+    assert fastsql.insert_i64_text(conn, "INSERT INTO t(a, b, detail) VALUES (?, ?, ?)", rows, details.text, details.offsets, details.lengths)
+    assert [d for (d,) in conn.execute("SELECT detail FROM t ORDER BY a")] == want
 
 
 def test_sockaddr_text_covers_ipv6_and_abstract_unix() -> None:

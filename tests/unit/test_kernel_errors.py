@@ -64,3 +64,31 @@ def test_libbpf_log_goes_through_logging_not_raw_stderr(tmp_path, caplog, capfd)
     # THEN libbpf's complaint is a WARNING of whyprobe.libbpf (shown with -v), and nothing raw reached stderr
     assert any(r.levelno == logging.WARNING and "is not a proper ELF object" in r.getMessage() for r in caplog.records)
     assert "libbpf:" not in capfd.readouterr().err
+
+
+def test_a_failing_bulk_select_is_a_store_error_with_a_sentence(tmp_path) -> None:
+    import sqlite3
+
+    from whyprobe.errors import StoreError
+    from whyprobe.store import fastsql
+
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t(a INTEGER)")
+    if not fastsql.available(conn):
+        pytest.fail("the fastsql helper is not built (make native)")
+    with pytest.raises(StoreError, match=r"^Cannot read the trace: .*no such table: nope"):
+        fastsql.select_i64(conn, "SELECT a FROM nope", (), 1)
+
+
+def test_a_ring_fd_that_is_not_a_map_is_a_kernel_error(tmp_path) -> None:
+    import os
+
+    from whyprobe.errors import KernelError
+    from whyprobe.kernel.ring import _ring_size
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(KernelError, match="not a BPF ring buffer map"):
+            _ring_size(fd)
+    finally:
+        os.close(fd)

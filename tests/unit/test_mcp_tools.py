@@ -134,7 +134,8 @@ def test_timeline_and_causal_chain_for_event(tmp_path: Path) -> None:
     chain = call(db, "resolve_causal_chain", {"event_id": 6}).structured_content
     assert chain["event"]["tid"] == 101
     assert [e["op"] for e in chain["same_thread"]] == ["sched_switch"]
-    assert chain["off_cpu_ns"] == 15_000  # the whole 15 µs call is inside the off-CPU interval
+    # the whole 15 µs call is inside the off-CPU interval: the engine puts all of it there
+    assert chain["by_kind_ns"] == {"off_cpu": 15_000} and chain["unexplained_ns"] == 0
     tl = call(db, "get_timeline", {"at_ns": 1_005_000_000, "window_ms": 1.0}).structured_content
     assert sorted(e["id"] for e in tl["events"]) == [6, 31]
 
@@ -225,3 +226,31 @@ def test_test_report_summary(tmp_path: Path) -> None:
     res = call(make_trace(tmp_path / "t.db"), "get_test_report", {"path": str(xml)}).structured_content
     assert (res["tests"], res["failures"], res["skipped"]) == (3, 1, 1)
     assert res["failed"] == [{"test": "a::bad", "message": "boom"}]
+
+
+def test_resolve_causal_chain_agrees_with_get_causal_chains_on_the_same_call(tmp_path: Path) -> None:
+    from explain_synth import HOG_TID, MS, blocked, ev, hog_scenario, write_db
+
+    # GIVEN launches preempted by `hog`, plus one slow launch that was blocked on a read (I/O)
+    events = hog_scenario()
+    io_call = ev(events[-1]["timestamp"] + 50 * MS, 9 * MS)
+    events += [io_call, blocked(io_call["timestamp"] + 100_000, 8 * MS),
+               ev(io_call["timestamp"] + 100_000, 8 * MS, source=5, op=1, arg0=1 << 20)]
+    db = write_db(tmp_path / "t.db", events)
+    # WHEN the finding's slowest call is resolved on its own
+    chains = call(db, "get_causal_chains").structured_content
+    top = chains["findings"][0]
+    slowest = top["slowest"][0]
+    conn = sqlite3.connect(db)
+    event_id = conn.execute("SELECT id FROM events WHERE timestamp = ? AND source = 1", (slowest["timestamp_ns"],)).fetchone()[0]
+    chain = call(db, "resolve_causal_chain", {"event_id": event_id}).structured_content
+    # THEN both name the same dominant cause and first blocker
+    assert (top["op"], top["dominant_cause"], top["causes"][0]["blockers"][0]["tid"]) == ("cudaLaunchKernel", "off_cpu", HOG_TID)
+    assert chain["dominant_cause"] == top["dominant_cause"]
+    assert chain["causes"][0]["blockers"][0]["tid"] == HOG_TID
+    assert chain["by_kind_ns"]["off_cpu"] == 8_500_000  # the whole preempted interval inside the 9 ms call
+    # AND the call blocked on I/O is I/O for both (the old chain, duration minus off-CPU, could not say so)
+    assert "io" in [c["kind"] for f in chains["findings"] for c in f["causes"]]
+    io_id = conn.execute("SELECT id FROM events WHERE timestamp = ? AND source = 1", (io_call["timestamp"],)).fetchone()[0]
+    io_chain = call(db, "resolve_causal_chain", {"event_id": io_id}).structured_content
+    assert io_chain["dominant_cause"] == "io" and io_chain["by_kind_ns"]["io"] == 8 * MS

@@ -14,6 +14,7 @@ import pytest
 from explain_synth import MS, US, blocked, ev, hog_scenario, launch_loop, write_db
 
 from whyprobe.analyze import explain as E
+from whyprobe.analyze import window as W
 from whyprobe.analyze.findings import TAIL_SOURCES
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.analyze.stacks import folded, top_stacks
@@ -22,15 +23,16 @@ from whyprobe.events import Source
 from whyprobe.server import tools as T
 from whyprobe.server.security import SecuritySettings
 from whyprobe.store import fastsql, schema
-from whyprobe.store.reader import EVENT_COLUMNS, EventColumns, open_trace
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.reader import EventColumns, open_trace
 
 needs_helper = pytest.mark.skipif(fastsql._lib is None, reason="C helper not built (make builds it)")
 
 
 def _records(n: int = 50) -> np.ndarray:
     rng = np.random.default_rng(3)
-    rec = np.zeros(n, EVENT_COLUMNS)
-    for name in EVENT_COLUMNS.names:
+    rec = np.zeros(n, EVENT_ROW_DTYPE)
+    for name in EVENT_ROW_DTYPE.names:
         rec[name] = rng.integers(-5, 1000, n)
     return rec
 
@@ -61,7 +63,7 @@ def _record_load(db, start: int, end: int, whole: bool, degraded: bool = False) 
     else:
         margin = E._scalar(db, "SELECT MAX(duration) FROM events") or 0
         span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
-    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *E._HOST_SOURCES)
+    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *E.HOST_SOURCES)
     rows = db.load_events(f"+source IN ({', '.join('?' * len(sources))}){span}", (*sources, *args))
     source, tid = rows["source"], rows["tid"]
     is_call = np.isin(source, TAIL_SOURCES)
@@ -182,8 +184,8 @@ def test_max_duration_by_index_seeks_equals_the_grouped_scan(tmp_path, shared_da
     conn.close()
     grouped = "SELECT COALESCE(MAX(m), 0) FROM (SELECT MAX(duration) AS m FROM events GROUP BY source, op)"
     db = T.ServerState(path, SecuritySettings()).trace()
-    assert T._has_duration_index(db)
-    assert T._max_duration_by_seeks(db) == db.conn.execute(grouped).fetchone()[0] == 987654321
+    assert W._has_duration_index(db)
+    assert W._max_duration_by_seeks(db) == W.max_duration(db) == db.conn.execute(grouped).fetchone()[0] == 987654321
     filtered = T.ServerState(path, SecuritySettings(pid_filter=[20])).trace()
-    assert T._max_duration_by_seeks(filtered) == filtered.conn.execute(grouped).fetchone()[0] < 987654321
-    assert not T._has_duration_index(T.ServerState(shared_data / "sample-gpu-node-01.db", SecuritySettings()).trace())
+    assert W._max_duration_by_seeks(filtered) == filtered.conn.execute(grouped).fetchone()[0] < 987654321
+    assert not W._has_duration_index(T.ServerState(shared_data / "sample-gpu-node-01.db", SecuritySettings()).trace())

@@ -9,7 +9,8 @@ import pytest
 
 from whyprobe.errors import StoreError
 from whyprobe.store.merge import merge_traces
-from whyprobe.store.writer import ROW_DTYPE, Writer
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.writer import Writer
 
 NODES = ("sample-gpu-node-01.db", "sample-gpu-node-02.db", "sample-gpu-node-03.db")
 
@@ -78,7 +79,7 @@ def test_whyprobe_inputs_use_session_node_and_skew(tmp_path):
     # GIVEN two whyprobe traces whose sessions say node and clock skew
     paths = []
     for i, skew in enumerate((0, 2_000)):
-        rows = np.zeros(5, ROW_DTYPE)
+        rows = np.zeros(5, EVENT_ROW_DTYPE)
         rows["timestamp"] = 10**18 + np.arange(5) * 10
         rows["source"], rows["op"], rows["pid"], rows["tid"] = 1, 3, 100, 100
         path = tmp_path / f"host{i}.db"
@@ -177,7 +178,7 @@ def test_merge_keeps_findings_mcp_tables_and_audit_rows_with_ids_remapped(tmp_pa
 def test_two_traces_of_one_host_are_warned_about_and_can_be_named_apart(tmp_path):
     paths = []
     for i in range(2):
-        rows = np.zeros(3, ROW_DTYPE)
+        rows = np.zeros(3, EVENT_ROW_DTYPE)
         rows["timestamp"] = 10**18 + np.arange(3)
         path = tmp_path / f"run{i}.db"
         with Writer(path, session={"node": "gpu-7"}) as w:
@@ -200,7 +201,7 @@ def test_merge_cli_prints_the_shared_node_warning(tmp_path, capsys):
     paths = []
     for i in range(2):
         with Writer(tmp_path / f"r{i}.db", session={"node": "box"}) as w:
-            w.put_events(np.zeros(1, ROW_DTYPE))
+            w.put_events(np.zeros(1, EVENT_ROW_DTYPE))
         paths.append(str(tmp_path / f"r{i}.db"))
     assert main(["merge", *paths, "--out", str(tmp_path / "m.db")]) == 0
     assert "whyprobe: warning: 2 inputs are node 'box'" in capsys.readouterr().err

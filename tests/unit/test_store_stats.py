@@ -11,7 +11,8 @@ import pytest
 from whyprobe.analyze.stats import op_stats
 from whyprobe.errors import StoreError
 from whyprobe.store.reader import open_trace
-from whyprobe.store.writer import ROW_DTYPE, Writer
+from whyprobe.events import EVENT_ROW_DTYPE
+from whyprobe.store.writer import Writer
 
 QS = (("p50_ns", 50), ("p95_ns", 95), ("p99_ns", 99), ("p999_ns", 99.9))
 
@@ -79,7 +80,7 @@ def test_text_ids_of_cluster_traces_are_fine(shared_data):
 
 def test_errors_per_source_semantics(tmp_path):
     # GIVEN CUDA calls failing with 2 codes, syscalls with -errno and positive byte counts, host events with ret set
-    rows = np.zeros(9, ROW_DTYPE)
+    rows = np.zeros(9, EVENT_ROW_DTYPE)
     rows["timestamp"] = np.arange(9) + 10**18
     rows["source"] = [1, 1, 1, 1, 8, 8, 8, 3, 3]
     rows["op"] = [3, 3, 3, 3, 0, 0, 0, 1, 1]
@@ -93,14 +94,14 @@ def test_errors_per_source_semantics(tmp_path):
     launch = stats[("CUDA", "cudaLaunchKernel")]
     assert (launch["count"], launch["errors"], launch["error_codes"]) == (4, 3, {2: 2, 700: 1})
     assert (launch["p50_ns"], launch["mean_ns"], launch["total_ns"], launch["max_ns"]) == (25, 25, 100, 40)
-    read = stats[("SYSCALL", "8:0")]
+    read = stats[("SYSCALL", "read")]  # named from the syscall table when the trace stores no name
     assert (read["errors"], read["error_codes"]) == (2, {-11: 2})
     switch = stats[("HOST", "sched_switch")]
     assert (switch["errors"], switch["error_codes"]) == (0, {})
 
 
 def test_quantiles_truncate_linear_interpolation(tmp_path):
-    rows = np.zeros(4, ROW_DTYPE)
+    rows = np.zeros(4, EVENT_ROW_DTYPE)
     rows["source"], rows["op"] = 1, 1
     rows["duration"] = [1, 2, 4, 1000]  # p95 = 850.6 → 850: int() truncates
     path = tmp_path / "t.db"

@@ -21,7 +21,7 @@ MEMCPY = frozenset({(_C, 4), (_C, 7), (_C, 15), (_C, 16), (_C, 17), (_C, 18), (_
 
 
 def member(rows: np.ndarray, ops: frozenset[tuple[int, int]]) -> np.ndarray:
-    """Boolean mask of the EVENT_COLUMNS rows whose (source, op) is in `ops`."""
+    """Boolean mask of the EVENT_ROW_DTYPE rows whose (source, op) is in `ops`."""
     keys = np.array([s * 65536 + o for s, o in ops], np.int64)
     return np.isin(rows["source"].astype(np.int64) * 65536 + rows["op"], keys)
 

@@ -1,6 +1,6 @@
 """The explain engine on arrays: evidence layers, slow-call and gap attribution, findings.
 
-Input is an EVENT_COLUMNS array (what `TraceDB.load_events()` returns) or an
+Input is an EVENT_ROW_DTYPE array (what `TraceDB.load_events()` returns) or an
 `EventColumns` (what `TraceDB.load_arrays()` returns: the same columns and selections,
 without the wide record copies), so the batch `explain()` and the incremental
 `LiveExplainer` share all of it. Code here reads columns and selects rows; it never
@@ -41,8 +41,11 @@ from whyprobe.analyze.evidence import (
 )
 from whyprobe.analyze.gaps import ThreadGaps
 from whyprobe.analyze.offcpu import PREEMPTED, OffCpu
-from whyprobe.events import Source
+from whyprobe.events import F_FAULT_WAIT, F_SOCK_OWNER, Source
 
+TCP_RETRANSMIT = 1  # op of Source.TCP
+SCHED_SWITCH_OP, OOM_KILL_OP = 1, 4  # ops of Source.HOST
+MEMORY_STALL_OPS = {20: "direct_reclaim", 21: "memcg_reclaim", 22: "compaction"}  # ops of Source.HOST (bpf/mem.bpf.c); 10-12 are Ingero's pod events
 MAD_K = 5.0
 MIN_TAIL_FACTOR = 2.0
 TOP_BLOCKERS = 5
@@ -136,17 +139,47 @@ def _preempted(offcpu: OffCpu, pre: np.ndarray) -> Layer:
     )
 
 
+def _retransmit_waits(tcp: np.ndarray, offcpu: OffCpu, off: np.ndarray) -> Layer:
+    """A retransmit on a thread's own socket (the kernel names the owner: F_SOCK_OWNER) is an
+    instant; the blocked interval it falls in is the thread waiting for what the path dropped,
+    so that interval counts as network time. Without sched records there is no wait to measure."""
+    own = tcp[(np.asarray(tcp["flags"], np.int64) & F_SOCK_OWNER) != 0]
+    n_off = int(off.sum())
+    blocked = Layer("off_cpu", offcpu.tid[off], offcpu.start[off], offcpu.end[off], _unknown(n_off), _unknown(n_off), _unknown(n_off))
+    ts = _col(own, "timestamp")
+    _, e = overlaps(blocked, Targets(_col(own, "tid"), _col(own, "pid"), ts, ts + 1))
+    e = np.unique(e)
+    return Layer("network", blocked.key[e], blocked.start[e], blocked.end[e], _unknown(len(e)), _unknown(len(e)), _unknown(len(e)))
+
+
+def memory_stalls(events: np.ndarray) -> np.ndarray:
+    """Rows that are memory stalls of a thread: reclaim and compaction intervals, and
+    blocked intervals that began in a page fault (F_FAULT_WAIT)."""
+    host = events["source"] == int(Source.HOST)
+    stall = host & np.isin(events["op"], list(MEMORY_STALL_OPS))
+    fault = host & (events["op"] == SCHED_SWITCH_OP) & ((np.asarray(events["flags"], np.int64) & F_FAULT_WAIT) != 0)
+    return events[(stall | fault) & (events["duration"] > 0)]
+
+
+def _memory(events: np.ndarray) -> Layer:
+    rows = memory_stalls(events)
+    start = _col(rows, "timestamp")
+    n = len(rows)
+    return Layer("memory", _col(rows, "tid"), start, start + _col(rows, "duration"), _unknown(n), _unknown(n), _unknown(n))
+
+
 def host_layers(events: np.ndarray, offcpu: OffCpu, on_cpu_ok: Callable[[int], bool]) -> list[Layer]:
-    """Host evidence in priority order: preempted, I/O, network, syscalls, blocked, on-CPU."""
+    """Host evidence in priority order: preempted, memory stalls, I/O, network, syscalls, blocked, on-CPU."""
     pre = offcpu.state == PREEMPTED
     off = ~pre
     io = events[(events["source"] == int(Source.IO)) & (events["duration"] > 0)]
     net = events[(events["source"] == int(Source.NET)) & (events["duration"] > 0)]
-    tcp = events[(events["source"] == int(Source.TCP)) & (events["duration"] > 0)]
+    tcp = events[(events["source"] == int(Source.TCP)) & (events["op"] == TCP_RETRANSMIT)]
     sysc = events[(events["source"] == int(Source.SYSCALL)) & (events["duration"] > 0)]
-    layers = [_preempted(offcpu, pre)]
+    layers = [_preempted(offcpu, pre), _memory(events)]
     layers.append(_io_while_blocked(io, offcpu, off))
-    for kind, rows, by_pid in (("network", net, False), ("network", tcp, True), ("syscall", sysc, False)):
+    layers.append(_retransmit_waits(tcp, offcpu, off))
+    for kind, rows, by_pid in (("network", net, False), ("syscall", sysc, False)):
         key = _col(rows, "pid" if by_pid else "tid")
         end = _col(rows, "timestamp") + _col(rows, "duration")
         layers.append(Layer(kind, key, _col(rows, "timestamp"), end, _col(rows, "tid"), _col(rows, "pid"), _unknown(len(rows)), by_pid))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("sync_wait", "off_cpu", "io", "network", "syscall", "cold_start", "on_cpu", "unknown")
+KINDS = ("sync_wait", "off_cpu", "io", "network", "memory", "syscall", "cold_start", "on_cpu", "unknown")
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 UNKNOWN = KIND_INDEX["unknown"]
 
@@ -181,7 +181,7 @@ def attribute(targets: Targets, layers: list[Layer | Owned]) -> Attribution:
 
 # When a slow call's evidence is deducted down to its excess over the typical
 # call, the typical part is taken first from what a typical call also has.
-_BASELINE_ORDER = [KIND_INDEX[k] for k in ("on_cpu", "unknown", "cold_start", "off_cpu", "syscall", "network", "io", "sync_wait")]
+_BASELINE_ORDER = [KIND_INDEX[k] for k in ("on_cpu", "unknown", "cold_start", "off_cpu", "syscall", "network", "memory", "io", "sync_wait")]
 
 
 def excess_only(ns: np.ndarray, baseline: np.ndarray) -> np.ndarray:

@@ -21,12 +21,13 @@ import numpy as np
 
 from whyprobe.analyze import cudaops, engine
 from whyprobe.analyze.engine import FirstCalls, Names
-from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze
+from whyprobe.analyze.findings import GAP_OP, INGERO_NOTE, TAIL_SOURCES, Context, analyze, retransmit_peer
 from whyprobe.analyze.live import LiveExplainer
 from whyprobe.analyze.offcpu import SCHED_SWITCH
 from whyprobe.analyze.samples import CPU_SAMPLE, Samples
 from whyprobe.errors import StoreError, WhyprobeError
-from whyprobe.events import Source
+from whyprobe.events import F_DETAIL_LOST, F_SOCK_OWNER, Source
+from whyprobe.store.kernels import kernel_names
 from whyprobe.store.reader import EventColumns, TraceDB
 
 __all__ = ["explain", "store_findings", "LiveExplainer", "GAP_OP"]
@@ -37,7 +38,8 @@ STACK_FRAMES = 8
 # ---------------------------------------------------------------- reading the database
 
 
-def _names(db: TraceDB) -> Names:
+def trace_names(db: TraceDB) -> Names:
+    """Thread and process names as the trace stored them."""
     names = Names()
     if db.has("thread_names"):
         names.threads = {int(t): (int(p), str(c)) for t, p, c in db.conn.execute("SELECT tid, pid, comm FROM thread_names")}
@@ -58,6 +60,15 @@ def _drops(db: TraceDB) -> int:
     return _scalar(db, f"SELECT COALESCE(SUM({' + '.join(cols)}), 0) FROM sessions") or 0
 
 
+def _payload_drops(db: TraceDB) -> tuple[int, int]:
+    """(payload records lost in the kernel, events stored without their detail because of it)."""
+    if not db.has("sessions", "payload_drops"):
+        return 0, 0
+    lost = _scalar(db, "SELECT COALESCE(SUM(payload_drops), 0) FROM sessions") or 0
+    bare = _scalar(db, "SELECT COUNT(*) FROM events WHERE flags & ?", (F_DETAIL_LOST,)) if lost and db.has("events", "flags") else 0
+    return lost, bare or 0
+
+
 def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
     """(source, op, pid) → events the recorder counted but did not keep (event_aggregates)."""
     if not (db.has("event_aggregates", "count") and db.has("event_aggregates", "stored")):
@@ -68,7 +79,7 @@ def _not_stored(db: TraceDB) -> dict[tuple[int, int, int], int]:
     return {(int(s), int(o), int(p)): int(c) - int(k) for s, o, p, c, k in rows}
 
 
-def _sched_complete(db: TraceDB) -> dict[int, tuple[int, int]]:
+def sched_incomplete(db: TraceDB) -> dict[int, tuple[int, int]]:
     """pid → (sched_switch rows stored, rows counted) where the aggregates count more than are stored."""
     if not db.has("event_aggregates", "count"):
         return {}
@@ -108,8 +119,8 @@ def _samples(db: TraceDB, start: int, end: int) -> Samples | None:
 
 
 _CALL_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg2", "stack_hash")
-_EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "flags", "cpu", "stack_hash")
-_HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
+EVIDENCE_COLS = ("timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "flags", "cpu", "stack_hash")
+HOST_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
 
 
 def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> EventColumns:
@@ -123,23 +134,35 @@ def _load(db: TraceDB, start: int, end: int, whole: bool, degraded: bool) -> Eve
     else:
         margin = _scalar(db, "SELECT MAX(duration) FROM events") or 0
         span, args = " AND timestamp >= ? AND timestamp < ?", (start - margin, end)
-    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *_HOST_SOURCES)
+    sources = (*TAIL_SOURCES, SCHED_SWITCH[0], *HOST_SOURCES)
     marks = ", ".join("?" * len(sources))
     # Only degraded (Ingero) off-CPU rows take their CPU from the cpu column; ours use arg2.
-    cols = _EVIDENCE_COLS if degraded else tuple(c for c in _EVIDENCE_COLS if c != "cpu")
+    cols = EVIDENCE_COLS if degraded else tuple(c for c in EVIDENCE_COLS if c != "cpu")
     rows = db.load_arrays(cols, f"+source IN ({marks}){span}", (*sources, *args))
     source, tid = rows["source"], rows["tid"]
     is_call = np.isin(source, TAIL_SOURCES)
     tids, pids = np.unique(tid[is_call]), np.unique(rows["pid"][is_call])
     mine = np.isin(tid, tids)
-    sched = (source == SCHED_SWITCH[0]) & (rows["op"] == SCHED_SWITCH[1]) & mine
+    sched = (source == SCHED_SWITCH[0]) & np.isin(rows["op"], (SCHED_SWITCH[1], *engine.MEMORY_STALL_OPS)) & mine
+    oom = (source == SCHED_SWITCH[0]) & (rows["op"] == engine.OOM_KILL_OP)
     by_pid = (source == int(Source.IO)) | (source == int(Source.TCP))
     by_tid = (source == int(Source.NET)) | (source == int(Source.SYSCALL))
     host = (by_pid & np.isin(rows["pid"], pids)) | (by_tid & mine)
-    return rows[is_call | sched | host].compact()
+    return rows[is_call | sched | oom | host].compact()
 
 
-def _first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
+def _retransmits(db: TraceDB, start: int, end: int) -> list[tuple[int, int, str]]:
+    """(timestamp, owner tid, peer) of TCP retransmits the kernel tied to a traced thread's socket."""
+    if not db.has("events", "detail") or not db.has("events", "flags"):
+        return []
+    rows = db.conn.execute(
+        "SELECT timestamp, tid, detail FROM events WHERE +source = ? AND op = 1 AND (flags & ?) != 0 AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
+        (int(Source.TCP), F_SOCK_OWNER, start, end),
+    ).fetchall()
+    return [(int(ts), int(tid), retransmit_peer(detail)) for ts, tid, detail in rows]
+
+
+def first_calls(db: TraceDB, gpu_calls: np.ndarray, whole_trace: bool) -> FirstCalls:
     firsts = FirstCalls()
     if whole_trace:
         firsts.learn(gpu_calls)
@@ -177,6 +200,13 @@ def explain(
         )
     if dropped:
         doc["notes"].append(f"{dropped} events were dropped while tracing: evidence may be missing.")
+    payloads_lost, bare = _payload_drops(db)
+    doc["payload_drops"], doc["events_without_detail"] = int(payloads_lost), int(bare)
+    if payloads_lost:
+        doc["notes"].append(
+            f"{payloads_lost} payload records (paths, argv, addresses) were lost while tracing: {bare} events are stored"
+            " without their detail (detail NULL, flag F_DETAIL_LOST). No event is missing for it."
+        )
     if first is None or end <= start:
         return doc
     whole = (since_ns is None or since_ns <= first) and (until_ns is None or until_ns > (last or 0))
@@ -184,13 +214,15 @@ def explain(
     events = _load(db, start, end, whole, degraded)
     if degraded:
         doc["notes"].append(INGERO_NOTE)
-    names = _names(db)
+    names = trace_names(db)
     names.learn(events)
-    incomplete = _sched_complete(db)
+    incomplete = sched_incomplete(db)
     ctx = Context(lambda h: _stack(db, h), names, db.op_names(), db.source_names(), (start, end), degraded, incomplete, not_stored,
                   samples=_samples(db, start, end))
+    ctx.kernels = kernel_names(db)
+    ctx.retransmits = _retransmits(db, start, end)
     gpu_loaded = events[cudaops.is_gpu_call(events)]
-    firsts = _first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
+    firsts = first_calls(db, gpu_loaded, whole_trace=since_ns is None or since_ns <= first)
     findings = analyze(events, (start, end), ctx, firsts, pid=pid, op=op, on_cpu_ok=lambda p: p not in incomplete)
     doc["findings"] = engine.rank(engine.mark_minor(engine.merge(findings), end - start), min_severity)
     return doc

@@ -10,7 +10,8 @@ from whyprobe.analyze.gaps import ThreadGaps, find_gaps
 from whyprobe.analyze.offcpu import off_cpu_intervals
 from whyprobe.analyze.recommend import recommend, summarize
 from whyprobe.analyze.samples import Samples, hot_frames
-from whyprobe.events import Source, op_name
+from whyprobe.events import F_FAULT_WAIT, Source, op_name
+from whyprobe.store.kernels import KERNEL_LAUNCH, hex_handle
 
 GAP_OP = "gpu_idle"
 TAIL_SOURCES = (int(Source.CUDA), int(Source.DRIVER), int(Source.CUSTOM))
@@ -33,6 +34,16 @@ class Context:
         self.samples = samples  # on-CPU samples of the window; None when the trace has none
         self.op_names, self.source_names = op_names, source_names
         self.incomplete_sched, self.not_stored = incomplete_sched, not_stored
+        # (pid, launch handle) -> demangled kernel name (analyze.kernels.kernel_names)
+        self.kernels: dict[tuple[int, int], str] = {}
+        # TCP retransmits on traced threads' own sockets: (timestamp, tid, peer address) sorted by time
+        self.retransmits: list[tuple[int, int, str]] = []
+        # Memory stall rows and OOM kills of the analyzed events (set by analyze())
+        self.memory: np.ndarray | None = None
+        self.ooms: np.ndarray | None = None
+
+    def kernel(self, pid: int, handle: int) -> str:
+        return self.kernels.get((pid, handle)) or hex_handle(handle)
 
     def op(self, source: int, op: int) -> str:
         return self.op_names.get((source, op)) or op_name(source, op)
@@ -88,6 +99,57 @@ def _finish(f: dict, ctx: Context, gap: bool) -> dict:
     return f
 
 
+def retransmit_peer(detail: str | None) -> str:
+    """The remote end of a retransmit's 'src:port -> dst:port STATE' (the owner's socket: dst is its peer)."""
+    return (detail or "").partition(" -> ")[2].split(" ", 1)[0]
+
+
+def _add_peers(causes: list[dict], tid: int, starts: np.ndarray, ends: np.ndarray, ctx: Context) -> None:
+    """Name the peers of the retransmits inside the targets, on the network cause they explain."""
+    net = next((c for c in causes if c["kind"] == "network"), None)
+    if net is None or not ctx.retransmits:
+        return
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts)[order], np.asarray(ends)[order]
+    counts: dict[str, int] = {}
+    for ts, rtid, peer in ctx.retransmits:
+        if rtid != tid:
+            continue
+        i = int(np.searchsorted(starts, ts, "right")) - 1
+        if i >= 0 and ts < ends[i]:
+            counts[peer] = counts.get(peer, 0) + 1
+    if counts:
+        net["peers"] = [{"peer": p, "retransmits": n} for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _add_stalls(causes: list[dict], tid: int, pid: int, starts: np.ndarray, ends: np.ndarray, ctx: Context) -> None:
+    """Count the memory stalls inside the targets (and OOM kills in their process) on the memory cause."""
+    mem = next((c for c in causes if c["kind"] == "memory"), None)
+    if mem is None or ctx.memory is None:
+        return
+    order = np.argsort(starts, kind="stable")
+    starts, ends = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
+    rows = ctx.memory
+
+    def inside(ts: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(starts, ts, "right") - 1
+        return (i >= 0) & (ts < ends[np.maximum(i, 0)])
+
+    mine = rows[(rows["tid"] == tid) & inside(np.asarray(rows["timestamp"], np.int64))]
+    stalls: dict[str, int] = {}
+    for op, flags in zip(mine["op"].tolist(), mine["flags"].tolist()):
+        name = engine.MEMORY_STALL_OPS.get(op) or ("page_fault_wait" if flags & F_FAULT_WAIT else "")
+        if name:
+            stalls[name] = stalls.get(name, 0) + 1
+    if stalls:
+        mem["stalls"] = dict(sorted(stalls.items()))
+    ooms = ctx.ooms
+    hit = ooms[((ooms["pid"] == pid) | (ooms["arg0"] == pid)) & inside(np.asarray(ooms["timestamp"], np.int64))] if ooms is not None else []
+    if len(hit):
+        mem["oom_kills"] = [{"victim_pid": int(v), "by_tid": int(t), "timestamp_ns": int(ts)}
+                            for v, t, ts in zip(hit["arg0"].tolist(), hit["tid"].tolist(), hit["timestamp"].tolist())]
+
+
 def tail_findings(groups: list[dict], att: Attributed, ctx: Context, spans: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """One finding per group; `spans` = (start, end) of every attributed slow call, for on-CPU frames."""
     out = []
@@ -110,6 +172,13 @@ def tail_findings(groups: list[dict], att: Attributed, ctx: Context, spans: tupl
         }
         if meta.get("bytes"):
             f["bytes"] = meta["bytes"]
+        if "windows" in meta:
+            _add_peers(f["causes"], meta["tid"], *meta["windows"], ctx)
+            _add_stalls(f["causes"], meta["tid"], meta["pid"], *meta["windows"], ctx)
+        if meta.get("kernels"):
+            f["kernels"] = meta["kernels"]
+            if len(meta["kernels"]) == 1:
+                f["kernel"] = meta["kernels"][0]["kernel"]
         if spans is not None:
             _add_frames(f, ctx, spans[0][members], spans[1][members])
         out.append(_finish(f, ctx, gap=False))
@@ -133,6 +202,8 @@ def gap_findings(gaps: list[ThreadGaps], att: Attributed, ctx: Context) -> list[
             "causes": engine.causes_of(att, members, ctx.names), "stack": [],
             "gaps": [{"start_ns": int(g.start[j]), "end_ns": int(g.end[j]), "ns": int(lengths[j])} for j in top.tolist()],
         }
+        _add_peers(f["causes"], g.tid, g.start, g.end, ctx)
+        _add_stalls(f["causes"], g.tid, g.pid, g.start, g.end, ctx)
         _add_frames(f, ctx, g.start, g.end)
         out.append(_finish(f, ctx, gap=True))
     return out
@@ -149,6 +220,15 @@ def _by_op(calls) -> list[tuple[int, int, np.ndarray]]:
         for op in np.unique(mine).tolist():
             out.append((source, op, of_source[mine == op]))
     return out
+
+
+def _slow_kernels(calls: np.ndarray, slow: np.ndarray, ctx: Context) -> list[dict]:
+    """The kernels the slow launches launched, most slow calls first: [{"kernel", "slow_calls"}]."""
+    counts: dict[str, int] = {}
+    for pid, handle in zip(calls["pid"][slow].tolist(), calls["arg0"][slow].tolist()):
+        name = ctx.kernel(pid, handle)
+        counts[name] = counts.get(name, 0) + 1
+    return [{"kernel": k, "slow_calls": n} for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: str | None) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -170,11 +250,13 @@ def tail_groups(calls: np.ndarray, ctx: Context, only_pid: int | None, only_op: 
             # Slowest first, ties by time: the same trace in any row order gives the same answer.
             worst = mine[np.lexsort((calls["timestamp"][mine], -calls["duration"][mine]))[:3]]
             is_copy = (source, op) in cudaops.MEMCPY
+            kernels = _slow_kernels(calls, mine, ctx) if (source, op) in KERNEL_LAUNCH else []
             groups.append({
                 "source": ctx.source(source), "op": name, "tid": int(tid), "pid": int(calls["pid"][mine[0]]),
                 "count": int(len(in_op)), "thread_calls": int((calls["tid"][in_op] == tid).sum()),
                 "p50": p50, "p99": p99, "p999": p999, "threshold": threshold,
                 "bytes": int(np.median(calls["arg0"][mine])) if is_copy else 0,
+                "kernels": kernels,
                 "slowest": [{"timestamp_ns": int(calls["timestamp"][j]), "duration_ns": int(calls["duration"][j])} for j in worst.tolist()],
             })
             slow_idx.append(mine)
@@ -192,6 +274,9 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
     calls = events[in_window & np.isin(events["source"], TAIL_SOURCES)]
     offcpu = off_cpu_intervals(events, degraded=ctx.degraded)
     layers = engine.host_layers(events, offcpu, on_cpu_ok)
+    ctx.memory = engine.memory_stalls(events)
+    host = events[events["source"] == int(Source.HOST)]
+    ctx.ooms = host[host["op"] == engine.OOM_KILL_OP]
     findings = []
 
     groups, slow_idx, slow_group = tail_groups(calls, ctx, pid, op)
@@ -199,6 +284,9 @@ def analyze(events: np.ndarray, window: tuple[int, int], ctx: Context, firsts: F
         baseline = np.array([groups[g]["p50"] for g in slow_group.tolist()], np.int64)
         final, att = engine.attribute_tails(calls, slow_idx, baseline, events, gpu_all, layers, firsts)
         lost = np.maximum(calls["duration"][slow_idx] - baseline, 0)
+        for g, meta in enumerate(groups):
+            mine = slow_idx[slow_group == g]
+            meta["windows"] = (calls["timestamp"][mine], calls["timestamp"][mine] + calls["duration"][mine])
         spans = (calls["timestamp"][slow_idx], calls["timestamp"][slow_idx] + calls["duration"][slow_idx])
         findings += tail_findings(groups, Attributed.build(slow_group, lost, final, calls["stack_hash"][slow_idx], att), ctx, spans)
 

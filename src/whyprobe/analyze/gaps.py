@@ -48,7 +48,7 @@ def thread_gaps(tid: int, pid: int, start: np.ndarray, end: np.ndarray) -> Threa
 
 
 def find_gaps(calls: np.ndarray) -> list[ThreadGaps]:
-    """Per GPU-driving thread of `calls` (EVENT_COLUMNS rows of CUDA/driver calls), its gaps."""
+    """Per GPU-driving thread of `calls` (EVENT_ROW_DTYPE rows of CUDA/driver calls), its gaps."""
     out = []
     for tid in np.unique(calls["tid"]).tolist():
         rows = calls[calls["tid"] == tid]

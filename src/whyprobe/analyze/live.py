@@ -19,13 +19,14 @@ from whyprobe.analyze.engine import Attributed, FirstCalls, Names
 from whyprobe.analyze.findings import GAP_OP, TAIL_SOURCES, Context, gap_findings, tail_findings
 from whyprobe.analyze.gaps import MIN_CALLS, ThreadGaps, gap_threshold
 from whyprobe.analyze.offcpu import off_cpu_intervals
-from whyprobe.store.reader import EVENT_COLUMNS
+from whyprobe.events import EVENT_ROW_DTYPE, as_event_rows
 
 MIN_OP_CALLS = 20
 
 
 class LiveExplainer:
-    """Feed EVENT_COLUMNS rows (as from `TraceDB.load_events()`); ask for `findings()` any time."""
+    """Feed event rows (any layout with the EVENT_ROW_DTYPE field names: the session's, or
+    `TraceDB.load_events()`'s); ask for `findings()` any time."""
 
     def __init__(
         self,
@@ -43,14 +44,14 @@ class LiveExplainer:
         self.degraded = degraded
         self.horizon_ns, self.settle_ns, self.history = horizon_ns, settle_ns, history
         self.min_severity = min_severity
-        self._buffer = np.zeros(0, EVENT_COLUMNS)
+        self._buffer = np.zeros(0, EVENT_ROW_DTYPE)
         self._first_ts: int | None = None
         self._newest = 0
         self._firsts = FirstCalls()
         self._durations: dict[tuple[int, int], deque] = {}
         self._op_count: dict[tuple[int, int], int] = {}
         self._thread_calls: dict[tuple[int, int, int], int] = {}
-        self._pending_calls = np.zeros(0, EVENT_COLUMNS)
+        self._pending_calls = np.zeros(0, EVENT_ROW_DTYPE)
         self._pending_gaps: list[tuple[int, int, int, int]] = []  # tid, pid, start, end
         self._busy_until: dict[int, int] = {}
         self._gap_hist: dict[int, deque] = {}
@@ -67,7 +68,7 @@ class LiveExplainer:
         """Add a batch of events (any order within the batch)."""
         if not len(rows):
             return
-        rows = np.asarray(rows).astype(EVENT_COLUMNS, copy=False)
+        rows = as_event_rows(rows)
         rows = rows[np.argsort(rows["timestamp"], kind="stable")]
         self.names.learn(rows)
         self._first_ts = int(rows["timestamp"][0]) if self._first_ts is None else min(self._first_ts, int(rows["timestamp"][0]))
@@ -121,8 +122,19 @@ class LiveExplainer:
         window = (self._first_ts or 0, self._newest + 1)
         return Context(None, self.names, self.op_names, {}, window, self.degraded, {}, {})
 
-    def _attribute_settled(self) -> None:
-        cutoff = self._newest - self.settle_ns
+    def finish(self, names: Names | None = None) -> None:
+        """Attribute every slow call and gap still waiting to settle: the trace is over, no
+        more evidence will come (what `findings()` then says is what `explain` says).
+
+        `names`: the thread and process names the trace stored (threads that were never
+        targets, such as a preemptor, are named only there)."""
+        if names is not None:
+            self.names.threads.update(names.threads)
+            self.names.procs.update(names.procs)
+        self._attribute_settled(final=True)
+
+    def _attribute_settled(self, final: bool = False) -> None:
+        cutoff = self._newest + 1 if final else self._newest - self.settle_ns
         calls = self._pending_calls
         ready = (calls["timestamp"] + calls["duration"]) <= cutoff
         gaps_ready = [g for g in self._pending_gaps if g[3] <= cutoff]

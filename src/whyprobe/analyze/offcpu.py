@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whyprobe.events import F_PREEMPTED, Source
+from whyprobe.events import F_PREEMPTED, Source, op_by_name
 
-SCHED_SWITCH = (int(Source.HOST), 1)
+SCHED_SWITCH = (int(Source.HOST), op_by_name("sched_switch").op)
 
 # state values
 BLOCKED, PREEMPTED, UNKNOWN_STATE = 0, 1, 2
@@ -67,7 +67,7 @@ class OffCpu:
 
 
 def off_cpu_intervals(events: np.ndarray, *, degraded: bool) -> OffCpu:
-    """The sched_switch rows of `events` (an EVENT_COLUMNS array) as intervals."""
+    """The sched_switch rows of `events` (an EVENT_ROW_DTYPE array) as intervals."""
     rows = events[(events["source"] == SCHED_SWITCH[0]) & (events["op"] == SCHED_SWITCH[1]) & (events["duration"] > 0)]
     rows = rows[np.lexsort((rows["timestamp"], rows["tid"]))]
     n = len(rows)

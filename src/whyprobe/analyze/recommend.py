@@ -31,6 +31,27 @@ def _split(f: dict) -> str:
     return ", ".join(parts)
 
 
+def _kernel_list(f: dict, limit: int = 3) -> str:
+    names = [k["kernel"] for k in f.get("kernels", [])]
+    text = ", ".join(f"`{n}`" for n in names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _first_launch(f: dict) -> str:
+    """What a cold launch paid for, naming the kernels when the trace named them."""
+    if f.get("kernels"):
+        return f"first launch of {_kernel_list(f)}: lazy module loading / JIT"
+    return "context creation / lazy module loading"
+
+
+def _peers_text(c: dict) -> str:
+    peers = c.get("peers") or []
+    if not peers:
+        return ""
+    shown = ", ".join(f"{p['peer']} ({p['retransmits']} retransmit{'s' if p['retransmits'] != 1 else ''})" for p in peers[:3])
+    return f" with TCP retransmits to {shown}"
+
+
 def _sampled(f: dict, where: str) -> str:
     """"; 71% of gap samples in sampler.py:212 compute_logprobs" from the on_cpu cause's frames, or ""."""
     c = _cause(f, "on_cpu")
@@ -62,11 +83,12 @@ def summarize(f: dict) -> str:
     what = {
         "off_cpu": "off-CPU",
         "io": "waiting on block I/O",
-        "network": "in network send/recv",
+        "network": "in network send/recv" + _peers_text(top),
         "syscall": "in syscalls",
         "sync_wait": "waiting for earlier GPU work (GPU-bound, not host-bound)",
-        "cold_start": "paying first-use cost (context creation / lazy module loading)",
+        "cold_start": f"paying first-use cost ({_first_launch(f)})",
         "on_cpu": "on-CPU inside the call (runtime/driver work on the host)",
+        "memory": "stalled in memory reclaim, compaction or major page faults",
     }[top["kind"]]
     who = ""
     if top["blockers"] and top["kind"] in ("off_cpu", "io", "sync_wait"):
@@ -112,7 +134,20 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
     if kind == "io":
         return [f"Move file I/O off {me}: read ahead in DataLoader workers or a background thread, or cache the data in memory / on faster storage."]
     if kind == "network":
+        peers = c.get("peers") or []
+        if peers:
+            p = peers[0]
+            return [
+                f"{me} waited on TCP retransmits to {p['peer']} ({p['retransmits']} during the slow calls): the path drops packets. "
+                "Check the link and NIC counters (`ip -s link`, `nstat TcpRetransSegs`), queue discipline and MTU, "
+                "and keep blocking network calls off the thread that drives the GPU."
+            ]
         return [f"Network waits on {me}: overlap communication with compute (async send/recv), and check TCP retransmits on the path."]
+    if kind == "memory":
+        return [
+            f"{me} stalled in memory reclaim / page faults: raise the cgroup's memory.high/memory.max or the job's memory, "
+            "cut the working set (smaller batches, release cached tensors), and avoid swapping the training process."
+        ]
     if kind == "syscall":
         return [f"Syscalls on {me} take this time: move them off the thread that drives the GPU."]
     if kind == "sync_wait":
@@ -122,8 +157,9 @@ def _fix(f: dict, c: dict, me: str) -> list[str]:
             "and profile the kernels themselves (Nsight Systems / Compute)."
         ]
     if kind == "cold_start":
+        what = f"the first launch of {_kernel_list(f)}" if f.get("kernels") else f"the first {op} calls"
         return [
-            f"The first {op} calls pay CUDA context creation / lazy module loading: run a warm-up step before timing, "
+            f"{what[0].upper()}{what[1:]} pay{'s' if f.get('kernel') else ''} CUDA context creation / lazy module loading: run a warm-up step before timing, "
             "or set CUDA_MODULE_LOADING=EAGER to pay it once at start-up."
         ]
     if kind == "on_cpu":

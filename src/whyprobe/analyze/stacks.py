@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from whyprobe.demangle import demangle
 from whyprobe.store import fastsql
 from whyprobe.store.reader import TraceDB
 
@@ -25,13 +26,23 @@ def frame_label(frame: dict[str, Any]) -> str:
 
 
 def parse_frames(raw: str | None) -> list[dict[str, Any]]:
+    """Stored frames with native symbols demangled (imported and older databases hold mangled names)."""
     if not raw:
         return []
     try:
         frames = json.loads(raw)
     except ValueError:
         return []
-    return [f for f in frames if isinstance(f, dict)] if isinstance(frames, list) else []
+    if not isinstance(frames, list):
+        return []
+    out = []
+    for f in frames:
+        if not isinstance(f, dict):
+            continue
+        if not f.get("py") and isinstance(f.get("s"), str):
+            f["s"] = demangle(f["s"])
+        out.append(f)
+    return out
 
 
 def _is_eval_loop(frame: dict[str, Any]) -> bool:

@@ -19,7 +19,8 @@ const volatile __u64 events_ring_bytes = 1 << 24;
 const volatile __u64 payloads_ring_bytes = 1 << 22;
 
 /* Changes after load: counted per CPU, read by user space, summed over objects. */
-__u64 wp_drops[WP_MAX_CPUS] = {};      /* ring reservations that failed */
+__u64 wp_drops[WP_MAX_CPUS] = {};      /* events lost: `events` ring reservations that failed */
+__u64 wp_payload_drops[WP_MAX_CPUS] = {}; /* payload records (paths, argv, bytes) the `payloads` ring had no room for */
 __u64 wp_rate_drops[WP_MAX_CPUS] = {}; /* events over max_events_per_sec */
 __u64 wp_rate_window[WP_MAX_CPUS] = {};
 __u64 wp_rate_count[WP_MAX_CPUS] = {};
@@ -147,6 +148,7 @@ static __always_inline void wp_fill_ids(struct wp_event *e, __u16 source, __u16 
 	e->op = op;
 	e->flags = 0;
 	e->stack_id = -1;
+	e->duration_ns = 0; /* instant events: ring memory holds an older record's value */
 	e->arg0 = e->arg1 = e->arg2 = e->aux = 0;
 	e->ret = 0;
 }
@@ -165,45 +167,56 @@ __u64 wp_submits[WP_MAX_CPUS] = {};
 
 /* No wake-up per record: user space polls on a timer, and is woken early
  * only when the ring is more than half full. */
-static __always_inline void wp_submit(void *rec, void *ring, __u64 ring_size)
+static __always_inline __u64 wp_wakeup_flags(void *ring, __u64 ring_size)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
 	__u32 slot = wp_cpu_slot();
 
 	if ((wp_submits[slot]++ % WP_QUERY_EVERY) == 0 && bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) > ring_size / 2)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(rec, flags);
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
 }
 
-#define wp_submit_event(e) wp_submit((e), &events, events_ring_bytes)
+#define wp_submit_event(e) bpf_ringbuf_submit((e), wp_wakeup_flags(&events, events_ring_bytes))
 
-/* Payload chunk of `len` bytes (<= WP_CHUNK_LEN), reserved at full chunk size
- * so the verifier sees a constant; user space reads hdr.len. */
+/* A payload record is built in a per-CPU scratch buffer, then copied into the
+ * ring at its real length (bpf_ringbuf_output): a 20-byte path takes 72 bytes
+ * of ring, not a 4 KiB slot. A reservation must be of constant size, and the
+ * length of a user string is only known once it has been read.
+ * Two programs never share a scratch buffer mid-record: each object has its
+ * own map; tp/ and uprobe programs run one at a time per CPU (the kernel's
+ * bpf_prog_active guard skips a nested one), and the raw_tp/tp_btf programs
+ * that write payloads (proc) run with preemption disabled. */
 struct wp_payload_rec {
 	struct wp_payload hdr;
 	__u8 data[WP_CHUNK_LEN];
 };
 
-static __always_inline struct wp_payload_rec *wp_reserve_payload(void)
-{
-	struct wp_payload_rec *p = bpf_ringbuf_reserve(&payloads, sizeof(*p), 0);
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wp_payload_rec);
+} payload_scratch SEC(".maps");
 
-	if (!p)
-		__sync_fetch_and_add(&wp_drops[wp_cpu_slot()], 1);
+/* The scratch record of this CPU with its header zeroed; NULL only if the map lookup fails. */
+static __always_inline struct wp_payload_rec *wp_payload_scratch(void)
+{
+	__u32 zero = 0;
+	struct wp_payload_rec *p = bpf_map_lookup_elem(&payload_scratch, &zero);
+
+	if (p)
+		__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
 	return p;
 }
 
-#define wp_submit_payload(p) wp_submit((p), &payloads, payloads_ring_bytes)
-
 /* A payload chunk of thread `pid_tgid` at `ts`, its header filled but for
- * conn, offset and the lengths; NULL (counted as a drop) when the ring is full. */
+ * conn, offset and the lengths. */
 static __always_inline struct wp_payload_rec *wp_start_payload(__u64 pid_tgid, __u64 ts, __u16 kind, __s32 fd)
 {
-	struct wp_payload_rec *p = wp_reserve_payload();
+	struct wp_payload_rec *p = wp_payload_scratch();
 
 	if (!p)
 		return NULL;
-	__builtin_memset(&p->hdr, 0, sizeof(p->hdr));
 	p->hdr.ts_ns = ts;
 	p->hdr.pid = pid_tgid >> 32;
 	p->hdr.tid = (__u32)pid_tgid;
@@ -212,12 +225,27 @@ static __always_inline struct wp_payload_rec *wp_start_payload(__u64 pid_tgid, _
 	return p;
 }
 
+/* Copy the header and hdr.len data bytes into the ring; false, counted in
+ * wp_payload_drops, when it is full (the event the payload belongs to is not lost). */
+static __always_inline bool wp_output_payload(struct wp_payload_rec *p)
+{
+	__u64 len = p->hdr.len;
+
+	if (len > WP_CHUNK_LEN)
+		len = WP_CHUNK_LEN;
+	if (bpf_ringbuf_output(&payloads, p, sizeof(p->hdr) + len, wp_wakeup_flags(&payloads, payloads_ring_bytes))) {
+		__sync_fetch_and_add(&wp_payload_drops[wp_cpu_slot()], 1);
+		return false;
+	}
+	return true;
+}
+
 /* Submit a chunk holding all `n` bytes the call moved (n < 0: none). */
 static __always_inline void wp_finish_payload(struct wp_payload_rec *p, long n)
 {
 	p->hdr.len = n > 0 ? n : 0;
 	p->hdr.total = p->hdr.len;
-	wp_submit_payload(p);
+	wp_output_payload(p);
 }
 
 #endif /* __WP_COMMON_BPF_H */

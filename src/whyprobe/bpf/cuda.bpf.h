@@ -184,6 +184,15 @@ static __always_inline void read_args(struct pt_regs *ctx, struct call *c, __u64
 		c->arg0 = PT_REGS_PARM2(ctx);
 		c->arg1 = PT_REGS_PARM1(ctx);
 		break;
+	case CL_GET_FUNC:
+		c->outp = PT_REGS_PARM1(ctx);
+		c->arg0 = PT_REGS_PARM2(ctx);
+		c->arg2 = PT_REGS_PARM3(ctx);
+		break;
+	case CL_GET_FUNC_OF:
+		c->outp = PT_REGS_PARM1(ctx);
+		c->arg0 = PT_REGS_PARM2(ctx);
+		break;
 	default:
 		break;
 	}
@@ -218,6 +227,24 @@ static __always_inline int cuda_entry(struct pt_regs *ctx)
 	return 0;
 }
 
+/* The kernel name a successful cuModuleGetFunction/cuLibraryGetKernel was given,
+ * read at return: the driver has just compared it, so its page is resident
+ * (at program start a name read at entry can come back empty). */
+static __always_inline bool cuda_symbol_payload(struct pt_regs *ctx, struct call *c, __u64 pid_tgid)
+{
+	struct wp_payload_rec *p;
+	long n;
+
+	if (CUDA_COOKIE_LAYOUT(c->cookie) != CL_GET_FUNC || !c->arg2 || (__s32)PT_REGS_RC(ctx) != 0)
+		return false;
+	p = wp_start_payload(pid_tgid, c->ts, WP_PL_SYMBOL, -1);
+	if (!p)
+		return false;
+	n = bpf_probe_read_user_str(p->data, sizeof(p->data), (void *)c->arg2);
+	wp_finish_payload(p, n > 0 ? n - 1 : 0);
+	return true;
+}
+
 static __always_inline int cuda_return(struct pt_regs *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -226,6 +253,7 @@ static __always_inline int cuda_return(struct pt_regs *ctx)
 	struct wp_event *e;
 	struct calls *cs;
 	struct call *c;
+	bool named;
 
 	cs = task_calls(false);
 	if (!cs)
@@ -233,6 +261,8 @@ static __always_inline int cuda_return(struct pt_regs *ctx)
 	c = call_slot(cs, cookie);
 	if (!c->ts)
 		return 0;
+	/* Payload before its event: user space matches them by (tid, ts). */
+	named = cuda_symbol_payload(ctx, c, id);
 	e = wp_reserve();
 	if (!e) {
 		c->ts = 0;
@@ -263,6 +293,8 @@ static __always_inline int cuda_return(struct pt_regs *ctx)
 		e->aux = c->py;
 		e->flags |= WP_F_HAS_PYSTACK;
 	}
+	if (named)
+		e->flags |= WP_F_HAS_PAYLOAD;
 	c->ts = 0;
 	wp_submit_event(e);
 	return 0;

@@ -43,6 +43,9 @@ enum cuda_layout {
 	CL_CU_MEMCPY = 19,    /* (dst, src, n): arg0 = n, arg1 = kind from the cookie */
 	CL_CU_MEMCPY_ASYNC = 20, /* (dst, src, n, stream) */
 	CL_SIZE2 = 21,        /* (x, size, ...): arg0 = size, arg1 = x (cuMemMap) */
+	CL_GET_FUNC = 22,     /* (handle *out, in, const char *name): arg0 = in, arg1 = *out at return,
+	                       * arg2 = name pointer; the name follows as a WP_PL_SYMBOL payload */
+	CL_GET_FUNC_OF = 23,  /* (handle *out, in): arg0 = in, arg1 = *out at return (cuKernelGetFunction) */
 };
 
 #endif /* __WP_CUDA_H */

@@ -5,6 +5,9 @@
  *
  * tcp_retransmit: arg0 = TCP state, arg1 = sport, arg2 = dport,
  *   aux = family, ret = err; payload SOCKADDR = struct wp_tcp_addrs.
+ *   pid/tid/cgroup are the socket's owner (WP_F_SOCK_OWNER) when a traced
+ *   thread sent or received on it (`socks`, filled from the sock_send_length/
+ *   sock_recv_length tracepoints in process context), else the current task.
  * net_send / net_recv: ts_ns = entry, duration_ns, arg0 = bytes moved
  *   (0 on error), arg1 = fd, arg2 = syscall nr, ret = syscall result. */
 #include "vmlinux.h"
@@ -30,14 +33,53 @@ struct {
 	__type(value, struct start);
 } starts SEC(".maps");
 
+/* TCP socket -> the traced thread that last used it. LRU: sockets are never told to us closing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct wp_sock_owner);
+} socks SEC(".maps");
+
+#define WP_IPPROTO_TCP 6
+
+static __always_inline int note_owner(struct trace_event_raw_sock_msg_length *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 sk = (__u64)ctx->sk;
+	struct wp_sock_owner *o, owner;
+
+	if (!wp_traced(id >> 32) || ctx->protocol != WP_IPPROTO_TCP)
+		return 0;
+	o = bpf_map_lookup_elem(&socks, &sk);
+	if (o && o->tid == (__u32)id)
+		return 0;
+	owner.pid = id >> 32;
+	owner.tid = (__u32)id;
+	owner.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_map_update_elem(&socks, &sk, &owner, BPF_ANY);
+	return 0;
+}
+
+SEC("tp/sock/sock_send_length")
+int handle_sock_send(struct trace_event_raw_sock_msg_length *ctx) { return note_owner(ctx); }
+SEC("tp/sock/sock_recv_length")
+int handle_sock_recv(struct trace_event_raw_sock_msg_length *ctx) { return note_owner(ctx); }
+
 SEC("tp/tcp/tcp_retransmit_skb")
 int handle_tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 ts = bpf_ktime_get_ns();
+	__u64 sk = (__u64)ctx->skaddr;
+	struct wp_sock_owner *owner;
 	struct wp_payload_rec *p;
 	struct wp_tcp_addrs *a;
 	struct wp_event *e;
+
+	owner = bpf_map_lookup_elem(&socks, &sk);
+	if (owner)
+		id = (__u64)owner->pid << 32 | owner->tid;
 
 	/* Payload first: once user space sees the event, its payload is in its ring. */
 	p = wp_start_payload(id, ts, WP_PL_SOCKADDR, -1);
@@ -53,8 +95,16 @@ event:
 	e = wp_reserve();
 	if (!e)
 		return 0;
-	wp_fill(e, WP_SRC_TCP, TCP_OP_RETRANSMIT, id);
+	if (owner) {
+		wp_fill_ids(e, WP_SRC_TCP, TCP_OP_RETRANSMIT, id);
+		e->cgroup_id = owner->cgroup_id;
+		__builtin_memset(e->comm, 0, sizeof(e->comm)); /* current is not the owner: user space names the tid */
+		e->flags = WP_F_SOCK_OWNER;
+	} else {
+		wp_fill(e, WP_SRC_TCP, TCP_OP_RETRANSMIT, id);
+	}
 	e->ts_ns = ts;
+	e->duration_ns = 0; /* an instant: ring memory is reused, so say so */
 	e->arg0 = ctx->state;
 	e->arg1 = ctx->sport;
 	e->arg2 = ctx->dport;

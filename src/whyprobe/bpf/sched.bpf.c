@@ -8,7 +8,11 @@
  *
  * Record: ts_ns = switch-out, duration_ns = off-CPU ns, arg0 = prev_state,
  * arg1 = tid that took the CPU, arg2 = CPU, ret = waker pid,
- * WP_F_PREEMPTED when still runnable at switch-out. aux depends on the flag:
+ * WP_F_PREEMPTED when still runnable at switch-out; WP_F_FAULT_WAIT when it
+ * blocked outside any syscall (its user-entry pt_regs have orig_ax == -1, as
+ * exception entry leaves them): waiting in a page fault (major fault I/O, page
+ * or mmap locks), or in memory.high throttling on the way back to user mode.
+ * aux depends on the flag:
  * blocked -> waker tid (0 = unknown); preempted -> ns the thread in arg1 ran
  * during the interval (growth of its se.sum_exec_runtime from switch-out to
  * switch-in, wherever it ran; 0 = unknown, e.g. it exited meanwhile).
@@ -46,6 +50,8 @@ struct offcpu {
 	__u32 waker_pid;
 	__u32 preempted;
 	__u32 named; /* tp_btf: the thread's comm went into a record already */
+	__u32 fault_wait; /* blocked outside a syscall: in a page fault (tp_btf only) */
+	__u32 pad;
 };
 
 struct name {
@@ -108,6 +114,7 @@ static __always_inline void switch_out(struct offcpu *o, bool preempt, struct ta
 	o->cpu = bpf_get_smp_processor_id();
 	o->waker_tid = o->waker_pid = 0;
 	o->preempted = prev_state == 0 || preempt;
+	o->fault_wait = 0;
 	o->preemptor_task = 0;
 	/* Only a preemptor is blamed (a blocked thread's blocker is its waker), so
 	 * only a preemptor needs a name. */
@@ -117,6 +124,15 @@ static __always_inline void switch_out(struct offcpu *o, bool preempt, struct ta
 	o->preemptor_task = (__u64)next;
 	o->preemptor_runtime = BPF_CORE_READ(next, se.sum_exec_runtime);
 	remember_name(next, next_tid);
+}
+
+/* Entered the kernel by an exception, not a syscall: entry code stores -1 in
+ * orig_ax of the user-entry registers for exceptions, the syscall nr for syscalls. */
+static __always_inline __u32 user_exception(struct task_struct *t)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+
+	return regs && (long)BPF_CORE_READ(regs, orig_ax) == -1;
 }
 
 /* CPU time the preemptor got since switch-out. Read through the saved pointer
@@ -158,7 +174,7 @@ static __always_inline void emit(struct offcpu *o, struct task_struct *next, __u
 	e->stack_id = -1;
 	e->source = WP_SRC_HOST;
 	e->op = HOST_OP_SCHED_SWITCH;
-	e->flags = o->preempted ? WP_F_PREEMPTED : 0;
+	e->flags = o->preempted ? WP_F_PREEMPTED : (o->fault_wait ? WP_F_FAULT_WAIT : 0);
 	/* User space names a tid from its first record that carries a comm. */
 	if (!o->named) {
 		BPF_CORE_READ_STR_INTO(&e->comm, next, comm);
@@ -196,6 +212,8 @@ int BPF_PROG(handle_sched_switch, bool preempt, struct task_struct *prev, struct
 		if (o) {
 			now = bpf_ktime_get_ns();
 			switch_out(o, preempt, next, next->pid, prev_state, now);
+			if (!o->preempted)
+				o->fault_wait = user_exception(prev);
 		}
 	}
 	if (!wp_traced(next->tgid))

@@ -135,14 +135,15 @@ static __always_inline bool wants_event(__u32 nr, __u64 *args)
 	return false;
 }
 
-/* One user string, or two as "first\0second" (rename). */
-static __always_inline void emit_paths(__u64 id, __u64 ts, const char *first, const char *second)
+/* One user string, or two as "first\0second" (rename). Each emit_* returns
+ * whether it sent a payload (the event then says WP_F_HAS_PAYLOAD). */
+static __always_inline bool emit_paths(__u64 id, __u64 ts, const char *first, const char *second)
 {
 	struct wp_payload_rec *p = wp_start_payload(id, ts, WP_PL_PATH, -1);
 	long n, m;
 
 	if (!p)
-		return;
+		return false;
 	n = bpf_probe_read_user_str(p->data, STR_MAX - 1, first);
 	if (n < 0)
 		n = 0;
@@ -152,26 +153,28 @@ static __always_inline void emit_paths(__u64 id, __u64 ts, const char *first, co
 		n += m > 0 ? m : 0;
 	}
 	wp_finish_payload(p, n > 0 ? n - 1 : 0); /* without the last NUL */
+	return true;
 }
 
-static __always_inline void emit_sockaddr(__u64 id, __u64 ts, __s32 fd, const void *addr, __u64 len)
+static __always_inline bool emit_sockaddr(__u64 id, __u64 ts, __s32 fd, const void *addr, __u64 len)
 {
 	struct wp_payload_rec *p;
 
 	if (!addr || !len)
-		return;
+		return false;
 	if (len > SOCKADDR_MAX)
 		len = SOCKADDR_MAX;
 	p = wp_start_payload(id, ts, WP_PL_SOCKADDR, fd);
 	if (!p)
-		return;
+		return false;
 	if (bpf_probe_read_user(p->data, len & (SOCKADDR_MAX * 2 - 1), addr))
 		len = 0;
 	wp_finish_payload(p, len);
+	return true;
 }
 
 /* Name of the file behind fd (its last path component; no bpf_d_path here). */
-static __always_inline void emit_fd_name(__u64 id, __u64 ts, __s32 fd)
+static __always_inline bool emit_fd_name(__u64 id, __u64 ts, __s32 fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
@@ -181,16 +184,17 @@ static __always_inline void emit_fd_name(__u64 id, __u64 ts, __s32 fd)
 	long n;
 
 	if (fd < 0 || fd >= BPF_CORE_READ(task, files, fdt, max_fds))
-		return;
+		return false;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f)
-		return;
+		return false;
 	name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
 	p = wp_start_payload(id, ts, WP_PL_PATH, fd);
 	if (!p)
-		return;
+		return false;
 	n = bpf_probe_read_kernel_str(p->data, STR_MAX, name);
 	wp_finish_payload(p, n > 0 ? n - 1 : 0);
+	return true;
 }
 
 static __always_inline void emit_plain(__u64 id, __u32 nr, __u64 ts, __u64 dur, __s64 ret)
@@ -224,35 +228,30 @@ static __always_inline void emit_event(__u64 id, struct start *s, __u64 now, __s
 	switch (nr) {
 	case NR_OPEN:
 		e->arg1 = a[1];
-		emit_paths(id, s->ts, (const char *)a[0], NULL);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[0], NULL);
 		break;
 	case NR_OPENAT:
 		e->arg0 = (__s32)a[0];
 		e->arg1 = a[2];
-		emit_paths(id, s->ts, (const char *)a[1], NULL);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[1], NULL);
 		break;
 	case NR_OPENAT2:
 		e->arg0 = (__s32)a[0];
 		bpf_probe_read_user(&flags, sizeof(flags), (void *)a[2]);
 		e->arg1 = flags;
-		emit_paths(id, s->ts, (const char *)a[1], NULL);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[1], NULL);
 		break;
 	case NR_CONNECT:
 	case NR_BIND:
 		e->arg0 = (__s32)a[0];
-		emit_sockaddr(id, s->ts, a[0], (const void *)a[1], a[2]);
-		pl = a[1] != 0;
+		pl = emit_sockaddr(id, s->ts, a[0], (const void *)a[1], a[2]);
 		break;
 	case NR_ACCEPT:
 	case NR_ACCEPT4:
 		e->arg0 = (__s32)a[0];
 		if (ret >= 0 && a[1] && a[2]) {
 			bpf_probe_read_user(&alen, sizeof(alen), (void *)a[2]);
-			emit_sockaddr(id, s->ts, ret, (const void *)a[1], alen);
-			pl = alen != 0;
+			pl = emit_sockaddr(id, s->ts, ret, (const void *)a[1], alen);
 		}
 		break;
 	case NR_CLONE:
@@ -271,25 +270,20 @@ static __always_inline void emit_event(__u64 id, struct start *s, __u64 now, __s
 		e->arg0 = a[1];
 		e->arg1 = a[2];
 		e->arg2 = (__s32)a[4];
-		emit_fd_name(id, s->ts, a[4]);
-		pl = true;
+		pl = emit_fd_name(id, s->ts, a[4]);
 		break;
 	case NR_UNLINK:
-		emit_paths(id, s->ts, (const char *)a[0], NULL);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[0], NULL);
 		break;
 	case NR_UNLINKAT:
-		emit_paths(id, s->ts, (const char *)a[1], NULL);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[1], NULL);
 		break;
 	case NR_RENAME:
-		emit_paths(id, s->ts, (const char *)a[0], (const char *)a[1]);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[0], (const char *)a[1]);
 		break;
 	case NR_RENAMEAT:
 	case NR_RENAMEAT2:
-		emit_paths(id, s->ts, (const char *)a[1], (const char *)a[3]);
-		pl = true;
+		pl = emit_paths(id, s->ts, (const char *)a[1], (const char *)a[3]);
 		break;
 	case NR_EXECVE:
 	case NR_EXECVEAT:

@@ -30,6 +30,11 @@ enum wp_source {
 #define WP_F_PREEMPTED (1u << 2) /* sched_switch: prev_state was TASK_RUNNING */
 #define WP_F_HAS_PAYLOAD (1u << 3) /* a payload record with the same (tid, ts_ns) follows */
 #define WP_F_HAS_PYSTACK (1u << 4) /* a Python stack is stored under aux */
+/* Set by user space, never by BPF: WP_F_HAS_PAYLOAD was set but the payload was
+ * lost (payloads ring full), so the stored event has no detail. */
+#define WP_F_DETAIL_LOST (1u << 8)
+#define WP_F_SOCK_OWNER (1u << 9)  /* tcp_retransmit: pid/tid are the socket's owner, not the current task */
+#define WP_F_FAULT_WAIT (1u << 10) /* sched_switch: blocked outside any syscall (in a page fault) */
 
 /* One fixed-size record in the `events` ring. Widest fields first, no holes. */
 struct wp_event {
@@ -60,6 +65,7 @@ enum wp_payload_kind {
 	WP_PL_WRITE = 5,     /* bytes a process wrote */
 	WP_PL_SSL_READ = 6,  /* plaintext after SSL_read */
 	WP_PL_SSL_WRITE = 7, /* plaintext given to SSL_write */
+	WP_PL_SYMBOL = 8,    /* a name a call was given (cuModuleGetFunction's kernel name) */
 };
 
 #define WP_PL_TRUNCATED (1u << 0) /* the syscall moved more than was captured */

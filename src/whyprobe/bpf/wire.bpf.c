@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* MCP wire capture: the bytes enrolled processes move over pipes, unix and TCP
  * sockets (syscall tracepoints) and, for TLS, the plaintext at OpenSSL's
- * SSL_read/SSL_write. Bytes go to the payload ring in WP_CHUNK_LEN chunks, up
- * to `max_message_bytes` per call; anything beyond is counted in `total` and
+ * SSL_read/SSL_write. Bytes go to the payload ring in chunks of up to
+ * WP_CHUNK_LEN, each sized to its content, up to `max_message_bytes` per call;
+ * anything beyond is counted in `total` and
  * flagged WP_PL_TRUNCATED, never silently cut. The connection id is the same
  * at both ends (pipe inode, unix socket pair, sorted TCP 4-tuple), so user
  * space can report each message once. */
@@ -159,16 +160,13 @@ static __always_inline int emit_chunk(__u32 i, struct chunk_ctx *c)
 	n = c->avail < c->left ? c->avail : c->left;
 	if (n > WP_CHUNK_LEN)
 		n = WP_CHUNK_LEN;
-	p = wp_reserve_payload();
+	p = wp_payload_scratch();
 	if (!p)
 		return 1;
 	p->hdr = c->hdr;
 	p->hdr.len = n;
-	if (bpf_probe_read_user(p->data, n, (void *)c->base)) {
-		bpf_ringbuf_discard(p, 0);
+	if (bpf_probe_read_user(p->data, n, (void *)c->base) || !wp_output_payload(p))
 		return 1;
-	}
-	wp_submit_payload(p);
 	c->hdr.offset += n;
 	c->base += n;
 	c->avail -= n;

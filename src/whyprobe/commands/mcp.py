@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Optional
@@ -117,7 +118,7 @@ def serve(db: Path, settings, *, http: bool, nodes: list[str], config=None) -> N
     audit_path = settings.audit_path or default_audit_path(db)
     try:
         audit = AuditLog(audit_path)
-    except Exception as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise CommandError(f"cannot write the audit log at {audit_path}: {exc}; pass --audit PATH") from None
     state = ServerState(db, settings, audit_path=audit_path, fleet_nodes=nodes)
     mcp = build_server(state, audit, **server)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from whyprobe.errors import CommandError
+
 
 def register(app: typer.Typer) -> None:
     @app.command("stats")
@@ -15,12 +17,14 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print a JSON list (one object per op)."),
         pid: Optional[int] = typer.Option(None, "--pid", help="Only events of this process."),
         source: Optional[str] = typer.Option(None, "--source", help="Only this source (CUDA, DRIVER, HOST, IO, ...)."),
+        by: Optional[str] = typer.Option(None, "--by", help="kernel: one row per (launch op, kernel), named from the trace (hex when unresolved)."),
     ) -> None:
         """Per-op count, p50/p95/p99/p99.9/max latency, total time and error codes.
 
         \b
           whyprobe stats t.db
           whyprobe stats t.db --source CUDA --json | jq '.[0]'
+          whyprobe stats t.db --by kernel
         """
         from rich.console import Console
 
@@ -28,8 +32,10 @@ def register(app: typer.Typer) -> None:
         from whyprobe.reporters.stats import render_stats_json, render_stats_table
         from whyprobe.store.reader import open_trace
 
+        if by not in (None, "kernel"):
+            raise CommandError(f"--by takes 'kernel', not {by!r}")
         with open_trace(db) as trace:
-            result = op_stats(trace, pid=pid, source=source)
+            result = op_stats(trace, pid=pid, source=source, by_kernel=by == "kernel")
         if json_out:
             render_stats_json(result, sys.stdout)
         else:

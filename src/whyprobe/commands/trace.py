@@ -14,8 +14,9 @@ from whyprobe.errors import CommandError
 from whyprobe.commands.common import check_targets, duration_s, ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
-HOST_FAMILIES = ("proc", "sched", "block", "net", "syscalls", "profile")
+HOST_FAMILIES = ("proc", "sched", "block", "net", "mem", "syscalls", "profile")
 DEFAULT_RING = StorageConfig().ring_size
+PAYLOAD_RING_MIN = 4 << 20  # ~45,000 paths of ~90 bytes
 
 
 def _family_names(probes: Optional[str], stack: bool) -> tuple[list[str], bool]:
@@ -75,10 +76,10 @@ def register(app: typer.Typer) -> None:
         all_procs: bool = typer.Option(False, "--all", help="Trace every process."),
         duration: Optional[str] = typer.Option(None, "--duration", help="Stop after this long (30s, 5m, 1h)."),
         out: Path = typer.Option(Path("whyprobe.db"), "--out", "-o", help="Database to write."),
-        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,syscalls,proc,profile,stacks,wire."),
+        probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,mem,syscalls,proc,profile,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: Optional[str] = typer.Option(None, "--ring", help=f"Event ring buffer size (default {DEFAULT_RING >> 20}MiB, or storage.ring_size of --config)."),
+        ring: Optional[str] = typer.Option(None, "--ring", help=f"Event ring buffer size (default {DEFAULT_RING >> 20}MiB, or storage.ring_size of --config); the payload ring (paths, argv, MCP bytes) is a quarter of it, at least 4MiB."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -237,10 +238,13 @@ def _run(
     from whyprobe.errors import WhyprobeError
     from whyprobe.probes.base import TargetSpec
     from whyprobe.record.capture import capture, remove_db, session_argv
+    from whyprobe.record.details import drops_where
     from whyprobe.record.session import TraceOptions
 
     stderr = Console(stderr=True)
-    options = TraceOptions(ring_bytes=ring_bytes, capture_stacks=stack, session_fields={"argv": session_argv()})
+    # The payload ring grows with --ring, so a larger event ring is not undone by a payload ring that fills first.
+    options = TraceOptions(ring_bytes=ring_bytes, payload_ring_bytes=max(PAYLOAD_RING_MIN, ring_bytes // 4), capture_stacks=stack,
+                           session_fields={"argv": session_argv()})
     if cfg:
         _apply_config(cfg, options)
     exporter, explainer = _observers(options, metrics, explain)
@@ -284,7 +288,7 @@ def _run(
         nonlocal next_explain
         if exporter is not None:
             drops = session.snapshot().drops
-            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0))
+            exporter.set_drops(ring=drops.get("ring", 0), queue=drops.get("queue", 0), rate=drops.get("rate", 0), payload=drops.get("payload", 0))
         if explainer is not None and time.monotonic() >= next_explain and not json_out:
             next_explain = time.monotonic() + 1.0
             for f in explainer.findings():
@@ -323,6 +327,12 @@ def _run(
         to_duckdb(out, out.with_suffix(".duckdb"))
         if not json_out:
             print(f"Wrote {out.with_suffix('.duckdb')} (columnar copy, storage.backend: {cfg.storage.backend})")
+    if explainer is not None:
+        from whyprobe.analyze.explain import trace_names
+        from whyprobe.store.reader import open_trace
+
+        with open_trace(out) as db:
+            explainer.finish(trace_names(db))
     if json_out:
         doc = summary.to_json()
         doc["command_exit_status"] = child_status
@@ -336,13 +346,19 @@ def _run(
     line += f", {recorder.messages_written:,} MCP messages, {len(recorder.calls):,} tool calls)" if recorder is not None else ")"
     if summary.dropped:
         line += f" - drops: ring {summary.ring_drops:,}, rate limit {summary.rate_drops:,}, writer queue {summary.queue_drops:,}"
+        where = drops_where(summary.by_family, summary.by_cpu, "events")
+        line += f" ({where})" if where else ""
+    if summary.payload_drops:
+        where = drops_where(summary.by_family, summary.by_cpu, "payloads")
+        line += (f" - {summary.payload_drops:,} payload records lost ({where}): {summary.details_lost:,} events stored"
+                 " without their path/argv/address")
     print(line)
     if quiet:
         return
     if child_status is not None:
         print(f"Command exited with status {child_status}")
     if explainer is not None:
+        # All of them, most costly first: the live lines above came as evidence settled.
         for f in explainer.findings():
-            if f["id"] not in reported:
-                print(f"finding ({f['severity']}): {f['summary']}")
+            print(f"finding ({f['severity']}): {f['summary']}")
     print(f"Next: whyprobe stats {out}\n      whyprobe explain {out}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from whyprobe.events import F_PREEMPTED, Source, op_name
+from whyprobe.store.kernels import KERNEL_LAUNCH, hex_handle, kernel_names
 from whyprobe.store.reader import TraceDB
 
 __all__ = ["Track", "Slice", "Timeline", "build_timeline", "category_of"]
@@ -156,10 +157,12 @@ def build_timeline(db: TraceDB, *, min_duration_ns: int = 0) -> Timeline:
     thread_names = _names(db, "SELECT tid, comm FROM thread_names", "thread_names")
     tracks = _Tracks(process_names, thread_names, node_names)
     names = db.op_names()
+    kernels = kernel_names(db)
     slices: list[Slice] = []
     counts: dict[str, int] = {}
     whyprobe = db.flavor == "whyprobe"
-    for row, node in zip(events.tolist(), node_index.tolist()):
+    fields = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "arg0", "arg1", "arg2", "aux", "ret_code", "cpu", "stack_hash", "flags")
+    for row, node in zip(zip(*(events[f].tolist() for f in fields)), node_index.tolist()):
         (eid, ts, pid, tid, source, op, dur, arg0, arg1, arg2, aux, ret, cpu, stack_hash, flags) = row
         category = category_of(source, op)
         owner = tracks.thread(node, pid, tid)
@@ -185,6 +188,8 @@ def build_timeline(db: TraceDB, *, min_duration_ns: int = 0) -> Timeline:
             args.update(arg0=arg0, arg1=arg1, arg2=arg2, ret_code=ret)
             if cpu >= 0:
                 args["cpu"] = cpu
+            if (source, op) in KERNEL_LAUNCH:
+                args["kernel"] = kernels.get((pid, arg0)) or hex_handle(arg0)
         if stack_hash:
             args["stack_hash"] = f"{stack_hash & 0xFFFFFFFFFFFFFFFF:#018x}"
         slices.append(Slice(track.uuid, ts, dur, name, category, args))

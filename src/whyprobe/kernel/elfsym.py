@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from whyprobe.errors import WhyprobeError
@@ -50,7 +51,7 @@ def _function_offsets(path: str, mtime_ns: int) -> dict[str, int]:
             return out
     except (OSError, ValueError) as exc:
         raise WhyprobeError(f"Cannot read symbols of {path}: {exc}") from None
-    except Exception as exc:  # pyelftools raises its own ELFError family on bad files
+    except ELFError as exc:
         raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 
@@ -103,7 +104,7 @@ def _lookup(path: str, mtime_ns: int, names: tuple[str, ...]) -> dict[str, int]:
             return out
     except OSError as exc:
         raise WhyprobeError(f"Cannot read symbols of {path}: {exc}") from None
-    except Exception as exc:  # pyelftools raises its own ELFError family on bad files
+    except ELFError as exc:
         raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 

@@ -114,6 +114,7 @@ bpf_map_update_elem = _fn("bpf_map_update_elem", _int, _int, _vp, _vp, ct.c_uint
 bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 bpf_map_delete_elem = _fn("bpf_map_delete_elem", _int, _int, _vp)
 bpf_map_get_next_key = _fn("bpf_map_get_next_key", _int, _int, _vp, _vp)
+bpf_map_lookup_batch = _fn("bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, ct.POINTER(_u32), _vp)
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", _int, _int, _vp)
 btf__find_by_name_kind = _fn("btf__find_by_name_kind", ct.c_int32, _vp, _cp, _u32)
 btf__type_by_id = _fn("btf__type_by_id", _vp, _vp, _u32)
@@ -253,6 +254,28 @@ def map_delete(fd: int, key: bytes) -> None:
     rc = bpf_map_delete_elem(fd, k)
     if rc < 0 and -rc != errno_mod.ENOENT:
         raise BpfError("map delete", f"fd {fd}", -rc)
+
+
+def map_items(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+    """Every (key, value) of a hash map, `chunk` entries per syscall (BPF_MAP_LOOKUP_BATCH):
+    (all keys back to back, all values back to back, count). A map iterated one key
+    at a time costs two syscalls an entry, ~30 ms for 65,536 entries."""
+    keys, values = [], []
+    in_batch, out_batch = None, ct.create_string_buffer(max(key_size, 8))
+    kbuf, vbuf = ct.create_string_buffer(key_size * chunk), ct.create_string_buffer(value_size * chunk)
+    total = 0
+    while True:
+        count = _u32(chunk)
+        rc = bpf_map_lookup_batch(fd, in_batch, out_batch, kbuf, vbuf, ct.byref(count), None)
+        n = count.value
+        if rc < 0 and -rc != errno_mod.ENOENT:
+            raise BpfError("map batch lookup", f"fd {fd}", -rc)
+        keys.append(kbuf.raw[: n * key_size])
+        values.append(vbuf.raw[: n * value_size])
+        total += n
+        if rc < 0:  # ENOENT: that was the last batch
+            return b"".join(keys), b"".join(values), total
+        in_batch = ct.create_string_buffer(out_batch.raw, len(out_batch.raw))
 
 
 def map_keys(fd: int, key_size: int) -> Iterator[bytes]:

@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
+from whyprobe import clock
+from whyprobe.errors import KernelError
 from whyprobe.kernel.libbpf import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
@@ -41,7 +45,10 @@ class ProbeSet:
         capture_stacks: bool = False,
         events_ring_bytes: int = 1 << 24,
         payloads_ring_bytes: int = 1 << 22,
+        clock_offset_ns: int | None = None,
     ) -> None:
+        # What every family adds to the ring's monotonic timestamps: one value per trace.
+        self.clock_offset_ns = clock.measure_offset_ns() if clock_offset_ns is None else clock_offset_ns
         page = os.sysconf("SC_PAGE_SIZE")
         self.events_ring_bytes = _pow2_at_least(events_ring_bytes, page)
         self.payloads_ring_bytes = _pow2_at_least(payloads_ring_bytes, page)
@@ -94,7 +101,7 @@ class ProbeSet:
 
     def _fd(self, name: str) -> int:
         if name not in self._shared:
-            raise RuntimeError(f"no loaded object defines the shared map {name!r}")
+            raise KernelError(f"no loaded BPF object defines the shared map {name!r}: load a probe family before using it")
         return self._shared[name]
 
     @property
@@ -129,20 +136,45 @@ class ProbeSet:
     def _pid_index(self, pid: int) -> int:
         pid = int(pid)
         if not 0 < pid < len(self._pidset):
-            raise ValueError(f"pid {pid} is outside 1..{len(self._pidset) - 1}")
+            raise KernelError(f"pid {pid} cannot be traced: the kernel's pid table holds 1..{len(self._pidset) - 1} (pid_max)")
         return pid
 
-    def drops(self) -> dict[str, int]:
-        ring = rate = 0
+    def drops(self) -> dict:
+        """What the kernel side lost, summed over objects, and where.
+
+        ring: events the `events` ring had no room for (the events are gone);
+        payload: payload records (paths, argv, addresses, MCP bytes) the
+        `payloads` ring had no room for (their events are stored, without detail);
+        rate: events over max_events_per_sec. `by_family` and `by_cpu` split
+        ring and payload losses by probe family (object) and by CPU, non-zero only.
+        """
+        ring = rate = payload = 0
+        by_family: dict[str, dict[str, int]] = {}
+        by_cpu: dict[str, dict[str, int]] = {}
         for obj in self.objects:
             if not obj.loaded:
                 continue
             names = obj.datasec_vars(".bss")
-            if "wp_drops" in names:
-                ring += int(obj.global_u64s("wp_drops").sum())
+            family = obj.path.name.removesuffix(".bpf.o")
+            for var, key in (("wp_drops", "events"), ("wp_payload_drops", "payloads")):
+                if var not in names:
+                    continue
+                per_cpu = obj.global_u64s(var)
+                total = int(per_cpu.sum())
+                if not total:
+                    continue
+                if key == "events":
+                    ring += total
+                else:
+                    payload += total
+                fam = by_family.setdefault(family, {"events": 0, "payloads": 0})
+                fam[key] += total
+                for cpu in np.flatnonzero(per_cpu).tolist():
+                    slot = by_cpu.setdefault(str(cpu), {"events": 0, "payloads": 0})
+                    slot[key] += int(per_cpu[cpu])
             if "wp_rate_drops" in names:
                 rate += int(obj.global_u64s("wp_rate_drops").sum())
-        return {"ring": ring, "rate": rate}
+        return {"ring": ring, "rate": rate, "payload": payload, "by_family": by_family, "by_cpu": by_cpu}
 
     def detach(self) -> None:
         """Destroy every link (objects and maps stay, so rings can still be drained)."""

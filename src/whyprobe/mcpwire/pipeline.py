@@ -63,7 +63,7 @@ class WirePipeline:
         *,
         max_message_bytes: int = DEFAULT_CAP,
         capture_cap: int = DEFAULT_CAP,
-        payload_cap: int = 64 * 1024,
+        payload_cap: int | None = None,
         ts_offset_ns: int = 0,
         comm_of: Callable[[int], str] | None = None,
         cmdline_of: Callable[[int], str] | None = None,
@@ -71,12 +71,13 @@ class WirePipeline:
     ) -> None:
         """max_message_bytes: bytes kept per message (beyond: truncated, id/method still read);
         capture_cap: the capture side's per-call limit (WireFamily.max_message_bytes);
-        payload_cap: characters of redacted JSON kept in McpMessage.payload;
+        payload_cap: characters of redacted JSON kept in McpMessage.payload (default: max_message_bytes,
+                     so a message captured whole is stored whole);
         ts_offset_ns: added to every header ts (monotonic → unix ns);
         comm_of / cmdline_of: pid → comm / command line (for sender_comm and server identity);
         previous_snapshots: tools/list snapshots of an earlier trace, to report drift against."""
         self.max_message_bytes = max_message_bytes
-        self.payload_cap = payload_cap
+        self.payload_cap = payload_cap if payload_cap is not None else max_message_bytes
         self.ts_offset_ns = ts_offset_ns
         self.comm_of = comm_of
         self._reassembler = Reassembler(capture_cap)

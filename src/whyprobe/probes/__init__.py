@@ -2,7 +2,7 @@
 
 Each family is a class in its own module, imported only when asked for (the
 CLI starts without numpy and the BPF loader); host families (sched, block,
-net, syscalls, proc) all live in probes/host.py.
+net, mem, syscalls, proc) all live in probes/host.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ REGISTRY = {
     "sched": ("whyprobe.probes.host", "SchedFamily"),
     "block": ("whyprobe.probes.host", "BlockFamily"),
     "net": ("whyprobe.probes.host", "NetFamily"),
+    "mem": ("whyprobe.probes.host", "MemFamily"),
     "syscalls": ("whyprobe.probes.host", "SyscallsFamily"),
     "proc": ("whyprobe.probes.host", "ProcFamily"),
     "profile": ("whyprobe.probes.profile", "ProfileFamily"),

@@ -46,7 +46,7 @@ class ProbeFamily(Protocol):
 # Optional hooks the session calls when a family defines them:
 #   tick(pids) -> list[str]          every 0.2 s on the main thread (new libraries, new pythons)
 #   on_payloads(list[(hdr, data)])   every drained payload record (reader thread)
-#   on_rows(rows)                    every batch after conversion to ROW_DTYPE, before it is written
+#   on_rows(rows)                    every batch after conversion to events.EVENT_ROW_DTYPE, before it is written
 #   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
 #   checkpoint(writer)               every 5 s: write cumulative in-kernel aggregates
 #   flags() -> dict                  merged into sessions.flags at the end

@@ -24,6 +24,8 @@ from whyprobe.kernel.elfsym import function_offsets
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.probes import libs
 from whyprobe.probes.base import TargetSpec
+from whyprobe.probes.kernels import COLUMNS as KERNEL_COLUMNS
+from whyprobe.probes.kernels import KernelNames
 from whyprobe.events import Source, op_by_name
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Layout(IntEnum):
     CU_MEMCPY = 19
     CU_MEMCPY_ASYNC = 20
     SIZE2 = 21
+    GET_FUNC = 22
+    GET_FUNC_OF = 23
 
 
 # cudaMemcpyKind values, carried in the cookie for driver copies named by direction.
@@ -114,6 +118,9 @@ _RUNTIME_SPEC: list[tuple[str, str, Layout, str | None]] = [
     ("cudaStreamWaitEvent", "cudaStreamWaitEvent", L.STREAM_WAIT, "_ptsz"),
     ("cudaEventQuery", "cudaEventQuery", L.PTR, None),
     ("cudaStreamQuery", "cudaStreamQuery", L.STREAM, "_ptsz"),
+    # CUDA 13 stubs launch a cudaKernel_t from __cudaGetKernel(&handle, hostFun): handle -> stub -> name.
+    ("cudaGetKernel", "cudaGetKernel", L.GET_FUNC_OF, None),
+    ("__cudaGetKernel", "cudaGetKernel", L.GET_FUNC_OF, None),
 ]
 
 _DRIVER_SPEC: list[tuple[str, str, Layout, str | None, int]] = [
@@ -135,6 +142,10 @@ _DRIVER_SPEC: list[tuple[str, str, Layout, str | None, int]] = [
     ("cuEventSynchronize", "cuEventSynchronize", L.PTR, None, 0),
     ("cuMemMap", "cuMemMap", L.SIZE2, None, 0),
     ("cuMemCreate", "cuMemCreate", L.MALLOC, None, 0),
+    # Name -> handle lookups, so driver launches (Triton, JIT) name their kernels.
+    ("cuModuleGetFunction", "cuModuleGetFunction", L.GET_FUNC, None, 0),
+    ("cuLibraryGetKernel", "cuLibraryGetKernel", L.GET_FUNC, None, 0),
+    ("cuKernelGetFunction", "cuKernelGetFunction", L.GET_FUNC_OF, None, 0),
 ]
 
 RUNTIME_SYMBOLS: list[Symbol] = [s for b, op, lay, suf in _RUNTIME_SPEC for s in _with_variant(b, op, lay, suf)]
@@ -208,6 +219,7 @@ class CudaFamily:
         self._last_scan = 0.0
         self._last_scan_ns = 0
         self._seen_paths: set[str] = set()
+        self.kernels = KernelNames()
 
     def attach(self, probes, targets: TargetSpec) -> list[str]:
         if self.session is None:
@@ -224,6 +236,8 @@ class CudaFamily:
             paths = [(h.path, h.via) for h in hits]
         for path, via in paths:
             warnings += self.attach_library(path, via)
+        for pid in targets.pids:
+            self.kernels.note_maps(pid)
         return warnings
 
     def attach_library(self, path: str, via: str = "", first_seen_ns: int = 0) -> list[str]:
@@ -272,7 +286,11 @@ class CudaFamily:
         previous, self._last_scan_ns = self._last_scan_ns, time.time_ns()
         warnings = []
         for pid in pids:
-            for path in libs.cuda_maps(pid):
+            mapped = libs.cuda_maps(pid)
+            if mapped:
+                # Only CUDA processes launch kernels: keep their maps to name launch stubs with.
+                self.kernels.note_maps(pid)
+            for path in mapped:
                 if os.path.realpath(path) not in self._seen_paths:
                     # Not there at the previous scan: calls between then and now may be missed.
                     warnings += self.attach_library(path, f"maps of pid {pid}", first_seen_ns=previous or self._last_scan_ns)
@@ -286,8 +304,14 @@ class CudaFamily:
             "cuda_late_attach": [{"path": p, "mapped_after_ns": s, "attached_ns": a, "max_gap_ns": max(0, a - s)} for p, s, a in self.late],
         }
 
+    def on_payloads(self, payloads) -> None:
+        self.kernels.on_payloads(payloads)
+
     def on_batch(self, records: np.ndarray) -> None:
-        return None
+        self.kernels.on_batch(records)
 
     def finish(self, probes, writer) -> None:
-        return None
+        self.kernels.resolve()
+        rows = self.kernels.rows()
+        if rows:
+            writer.put_rows("kernel_names", KERNEL_COLUMNS, rows, replace=True)

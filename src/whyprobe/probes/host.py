@@ -12,42 +12,41 @@ modules rely on:
   ARGV; exit ret = exit status (-signal when killed), arg0 = raw exit_code.
 * IO/block_*: ts = issue, duration = issue->completion, arg0 = bytes,
   arg1 = dev_t, arg2 = sector, aux = queued ns, pid/tid/comm = submitter.
-* TCP/tcp_retransmit: arg0 = state, arg1 = sport, arg2 = dport, aux = family.
+* TCP/tcp_retransmit: arg0 = state, arg1 = sport, arg2 = dport, aux = family;
+  pid/tid = the socket's traced owner when F_SOCK_OWNER.
+* HOST/direct_reclaim|memcg_reclaim|compaction: stall intervals of traced
+  threads; HOST/oom_kill: arg0 = victim pid (bpf/mem.bpf.c).
 * NET/net_send|net_recv: arg0 = bytes, arg1 = fd, arg2 = syscall nr.
 * SYSCALL (op = nr): see syscalls_x86_64.EVENT_DESCRIPTIONS.
 
-`describe(records, payloads)` turns payloads into the `events.detail` text.
+`describe(records, payloads)` (probes/detail_text.py) turns payloads into the `events.detail` text.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import os
-import shlex
-import socket
 import struct
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+import orjson
 
+from whyprobe import clock
 from whyprobe.kernel import caps
-from whyprobe.kernel.libbpf import BpfObject, map_keys, map_lookup
+from whyprobe.kernel.libbpf import BpfObject, map_items, map_keys, map_lookup
+from whyprobe.kernel.ring import PayloadBatch
+from whyprobe.probes.detail_text import _match, _text, describe, sockaddr_text, tcp_retransmit_text
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
 from whyprobe.syscalls_x86_64 import syscall_name, syscall_ops
-from whyprobe.events import F_HAS_PAYLOAD, PayloadKind, Source
+from whyprobe.events import PayloadKind, Source
 
 log = logging.getLogger(__name__)
 
 HOST_SCHED_SWITCH, HOST_EXEC, HOST_EXIT, HOST_FORK = 1, 5, 6, 7
 HIST_SLOTS = 32
-TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
-}
 
 
 def _chosen(prog: str, names: set[str], btf: bool) -> bool:
@@ -59,12 +58,12 @@ def _chosen(prog: str, names: set[str], btf: bool) -> bool:
     return True
 
 
-def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str] = (), **rodata: int) -> BpfObject:
-    """Load one of each tp_btf/raw_tp pair; maps only the raw_tp programs use shrink to one entry under tp_btf."""
+def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str] = (), skip: Sequence[str] = (), **rodata: int) -> BpfObject:
+    """Load one of each tp_btf/raw_tp pair (and none of `skip`); maps only the raw_tp programs use shrink to one entry under tp_btf."""
     obj = probes.open(name)
     names = set(obj.program_names())
     btf = caps.can("tp_btf")
-    enabled = [p for p in sorted(names) if _chosen(p, names, btf)]
+    enabled = [p for p in sorted(names) if _chosen(p, names, btf) and p not in skip]
     for p in names:
         obj.set_autoload(p, p in enabled)
     if btf:
@@ -80,78 +79,6 @@ def _load_and_attach(probes: ProbeSet, name: str, *, raw_only_maps: Sequence[str
 
 def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-# ---- payload -> detail ------------------------------------------------------------------
-
-
-def sockaddr_text(data: bytes) -> str:
-    """struct sockaddr (in, in6, un) as 'ip:port', '[ip6]:port' or the unix path."""
-    if len(data) < 2:
-        return ""
-    family = struct.unpack_from("<H", data)[0]
-    if family == socket.AF_INET and len(data) >= 8:
-        port = struct.unpack_from(">H", data, 2)[0]
-        return f"{ipaddress.IPv4Address(data[4:8])}:{port}"
-    if family == socket.AF_INET6 and len(data) >= 24:
-        port = struct.unpack_from(">H", data, 2)[0]
-        return f"[{ipaddress.IPv6Address(data[8:24])}]:{port}"
-    if family == socket.AF_UNIX:
-        path = data[2:]
-        if path[:1] == b"\0":
-            return "@" + path[1:].split(b"\0", 1)[0].decode("utf-8", "replace")
-        return path.split(b"\0", 1)[0].decode("utf-8", "replace")
-    return f"family {family}"
-
-
-def tcp_retransmit_text(data: bytes, state: int) -> str:
-    """struct wp_tcp_addrs (bpf/host.h) + TCP state as 'src -> dst STATE'."""
-    if len(data) < 46:
-        return ""
-    sport, dport, family = struct.unpack_from("<HHH", data)
-    if family == socket.AF_INET6:
-        src, dst = f"[{ipaddress.IPv6Address(data[14:30])}]", f"[{ipaddress.IPv6Address(data[30:46])}]"
-    else:
-        src, dst = str(ipaddress.IPv4Address(data[6:10])), str(ipaddress.IPv4Address(data[10:14]))
-    return f"{src}:{sport} -> {dst}:{dport} {TCP_STATES.get(state, str(state))}"
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
-def describe(records: np.ndarray, payloads: Sequence[tuple[np.void, bytes]]) -> list[str | None]:
-    """`events.detail` for each record of the host families, from payloads with the same (tid, ts_ns).
-
-    Records without WP_F_HAS_PAYLOAD, or of other sources, get None. The BPF
-    side submits payloads before their event, so drain the events ring first,
-    then the payloads ring, and every payload an event announces is there.
-    """
-    by_key: dict[tuple[int, int], dict[int, bytes]] = {}
-    for hdr, data in payloads:
-        kind = int(hdr["kind"])
-        if kind in (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR):
-            by_key.setdefault((int(hdr["tid"]), int(hdr["ts_ns"])), {})[kind] = bytes(data)
-    out: list[str | None] = [None] * len(records)
-    if not by_key:
-        return out
-    for i in np.flatnonzero(records["flags"] & F_HAS_PAYLOAD):
-        r = records[i]
-        got = by_key.get((int(r["tid"]), int(r["ts_ns"])))
-        if not got:
-            continue
-        source, op = int(r["source"]), int(r["op"])
-        if source == Source.TCP:
-            out[i] = tcp_retransmit_text(got.get(PayloadKind.SOCKADDR, b""), int(r["arg0"]))
-        elif source == Source.HOST and op == HOST_EXEC:
-            argv = [_text(a) for a in got.get(PayloadKind.ARGV, b"").rstrip(b"\0").split(b"\0") if a]
-            out[i] = shlex.join(argv) if argv else _text(got.get(PayloadKind.PATH, b""))
-        elif PayloadKind.SOCKADDR in got:
-            out[i] = sockaddr_text(got[PayloadKind.SOCKADDR])
-        elif PayloadKind.PATH in got:
-            parts = got[PayloadKind.PATH].split(b"\0")
-            out[i] = " -> ".join(_text(p) for p in parts) if len(parts) > 1 else _text(parts[0])
-    return out
 
 
 # ---- sched --------------------------------------------------------------------------------
@@ -249,8 +176,12 @@ PROCESS_COLUMNS = ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_
 class ProcFamily:
     """fork (children enrolled in the kernel), exec and exit of the traced set (bpf/proc.bpf.c).
 
-    on_batch reads /proc for every process it sees fork or exec (while it is
-    alive) and notes exits; finish writes `process_names`.
+    Processes are described from the kernel's records, not from /proc (a
+    short-lived child is gone before /proc could be read, and reading it for
+    every new pid of a busy host costs more than tracing it): a fork's child
+    inherits its parent's exe and command line, an exec brings its file name
+    and argv as payloads, joined to the exec records in bulk. /proc is read
+    only for the targets given at the start. finish writes `process_names`.
     """
 
     name = "proc"
@@ -258,64 +189,87 @@ class ProcFamily:
     def __init__(self, clock_offset_ns: int | None = None) -> None:
         self.obj: BpfObject | None = None
         self.processes: dict[int, dict] = {}
-        self._exec_payloads: dict[tuple[int, int], dict[int, bytes]] = {}
+        self._exec_payloads: list[PayloadBatch] = []  # PATH/ARGV payloads of this drain and the one before
         self._renamed: dict[int, tuple[int, str]] = {}  # tid -> (pid, comm after exec)
         self._clock = clock_offset_ns
 
     def _offset(self) -> int:
         if self._clock is None:
-            from whyprobe.store.writer import clock_offset_ns
-
-            self._clock = clock_offset_ns()
+            self._clock = clock.measure_offset_ns()
         return self._clock
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        if self._clock is None:
+            self._clock = probes.clock_offset_ns
         self.obj = _load_and_attach(probes, "proc")
         for pid in targets.pids:
             self._see(pid)
         return []
 
-    def _see(self, pid: int, comm: str = "") -> dict:
+    def _row(self, pid: int, comm: str = "") -> dict:
         row = self.processes.get(pid)
-        facts = process_facts(pid)
         if row is None:
             row = {"pid": pid, "name": comm, "seen_at": time.time_ns(), "ppid": 0, "cmdline": "", "exe": "",
                    "started_at": 0, "exited_at": 0, "exit_code": None}
             self.processes[pid] = row
+        return row
+
+    def _see(self, pid: int, comm: str = "") -> dict:
+        row = self._row(pid, comm)
+        facts = process_facts(pid)
         if facts:
             row.update(facts)
         return row
 
-    def on_payloads(self, payloads: Sequence[tuple[np.void, bytes]]) -> None:
-        """Keep exec file names and argv: a short-lived child is gone before /proc can be read."""
-        for hdr, data in payloads:
-            if int(hdr["kind"]) in (PayloadKind.PATH, PayloadKind.ARGV):
-                self._exec_payloads.setdefault((int(hdr["tid"]), int(hdr["ts_ns"])), {})[int(hdr["kind"])] = bytes(data)
-        if len(self._exec_payloads) > 65536:  # payloads of syscalls, or of exec events that were dropped
-            self._exec_payloads.clear()
+    def on_payloads(self, payloads: PayloadBatch) -> None:
+        """Keep exec file names and argv until their exec records come (this drain or the next)."""
+        keep = np.isin(payloads.hdr["kind"], (PayloadKind.PATH, PayloadKind.ARGV))
+        self._exec_payloads = self._exec_payloads[-1:] + ([payloads.select(keep)] if keep.any() else [])
+
+    def _exec_texts(self, execs: np.ndarray) -> tuple[list[str | None], list[str | None]]:
+        """(exe, cmdline) of each exec record, None where its payload is not there."""
+        exe: list[str | None] = [None] * len(execs)
+        cmd: list[str | None] = [None] * len(execs)
+        for batch in self._exec_payloads:
+            hdr = batch.hdr
+            for kind, out in ((PayloadKind.PATH, exe), (PayloadKind.ARGV, cmd)):
+                sel = np.flatnonzero(hdr["kind"] == kind)
+                if not len(sel):
+                    continue
+                m = _match(execs["ts_ns"], execs["tid"], hdr["ts_ns"][sel], hdr["tid"][sel])
+                for i in np.flatnonzero(m >= 0).tolist():
+                    data = batch.data(int(sel[m[i]]))
+                    out[i] = _text(data) if kind == PayloadKind.PATH else " ".join(_text(a) for a in data.rstrip(b"\0").split(b"\0"))
+        return exe, cmd
 
     def on_batch(self, records: np.ndarray) -> None:
-        host = records[records["source"] == Source.HOST]
+        host = records[(records["source"] == Source.HOST) & np.isin(records["op"], (HOST_FORK, HOST_EXEC, HOST_EXIT))]
         if len(host) == 0:
             return
         offset = self._offset()
-        for r in host[np.isin(host["op"], (HOST_FORK, HOST_EXEC, HOST_EXIT))]:
+        is_exec = host["op"] == HOST_EXEC
+        exe, cmd = self._exec_texts(host[is_exec]) if is_exec.any() else ([], [])
+        n_exec = 0
+        for r in host:
             op, pid = int(r["op"]), int(r["pid"])
             if op == HOST_FORK:
-                child = self._see(int(r["arg0"]))
+                parent = self._row(pid, _comm(r["comm"]))
+                child = self._row(int(r["arg0"]), _comm(r["comm"]))
                 child["ppid"] = child["ppid"] or pid
                 child["started_at"] = child["started_at"] or int(r["ts_ns"]) + offset
+                child["exe"] = child["exe"] or parent["exe"]
+                child["cmdline"] = child["cmdline"] or parent["cmdline"]
             elif op == HOST_EXEC:
-                row = self._see(pid, _comm(r["comm"]))
+                row = self._row(pid)
                 row["name"] = _comm(r["comm"])
                 self._renamed[int(r["tid"])] = (pid, row["name"])
-                got = self._exec_payloads.pop((int(r["tid"]), int(r["ts_ns"])), {})
-                if PayloadKind.PATH in got and not row["exe"]:
-                    row["exe"] = _text(got[PayloadKind.PATH])
-                if PayloadKind.ARGV in got and not row["cmdline"]:
-                    row["cmdline"] = " ".join(_text(a) for a in got[PayloadKind.ARGV].rstrip(b"\0").split(b"\0"))
+                if exe[n_exec] is not None:
+                    row["exe"] = exe[n_exec]
+                if cmd[n_exec] is not None:
+                    row["cmdline"] = cmd[n_exec]
+                n_exec += 1
             else:
-                row = self.processes.get(pid) or self._see(pid, _comm(r["comm"]))
+                row = self._row(pid, _comm(r["comm"]))
                 row["name"] = row["name"] or _comm(r["comm"])
                 row["exited_at"] = int(r["ts_ns"]) + offset
                 row["exit_code"] = int(r["ret"])
@@ -364,7 +318,29 @@ class NetFamily:
         self.obj: BpfObject | None = None
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        self.obj = _load_and_attach(probes, "net")
+        # sock_send_length/sock_recv_length (Linux 6.4+) tell retransmits which traced thread owns the socket.
+        have_owner = any(os.path.isdir(f"{root}/events/sock/sock_send_length") for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+        skip = () if have_owner else ("handle_sock_send", "handle_sock_recv")
+        self.obj = _load_and_attach(probes, "net", skip=skip)
+        return [] if have_owner else ["net: no sock_send_length tracepoint (Linux < 6.4): retransmits are not tied to the traced threads"]
+
+    def on_batch(self, records: np.ndarray) -> None:
+        return None
+
+    def finish(self, probes: ProbeSet, writer: object) -> None:
+        return None
+
+
+class MemFamily:
+    """Memory stalls of the traced threads: direct/memcg reclaim, compaction; OOM kills (bpf/mem.bpf.c)."""
+
+    name = "mem"
+
+    def __init__(self) -> None:
+        self.obj: BpfObject | None = None
+
+    def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
+        self.obj = _load_and_attach(probes, "mem")
         return []
 
     def on_batch(self, records: np.ndarray) -> None:
@@ -378,6 +354,7 @@ class NetFamily:
 
 STATS_COLUMNS = ("session_id", "pid", "tid", "nr", "count", "errors", "total_ns", "max_ns", "hist")
 _STAT_VALUE = struct.Struct(f"<4Q{HIST_SLOTS}Q")
+_STAT_KEY = np.dtype([("pid", "<u4"), ("tid", "<u4"), ("nr", "<u4"), ("pad", "<u4")])
 
 
 class SyscallsFamily:
@@ -390,6 +367,7 @@ class SyscallsFamily:
         # Every syscall as its own event (footprint: exact counts and time per tool-call window).
         self.emit_all = emit_all
         self.obj: BpfObject | None = None
+        self._written: dict[int, int] = {}  # key -> count last written to syscall_stats
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
         self.obj = _load_and_attach(probes, "syscalls", mmap_exec_only=int(self.mmap_exec_only), emit_all=int(self.emit_all))
@@ -398,18 +376,18 @@ class SyscallsFamily:
     def on_batch(self, records: np.ndarray) -> None:
         return None
 
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The in-kernel aggregates as arrays: keys (pid, tid, nr) and values (count, errors, total_ns, max_ns, hist...)."""
+        if self.obj is None or not self.obj.loaded:
+            return np.zeros(0, _STAT_KEY), np.zeros((0, 4 + HIST_SLOTS), np.uint64)
+        keys, values, n = map_items(self.obj.map_fd("stats"), _STAT_KEY.itemsize, _STAT_VALUE.size)
+        return np.frombuffer(keys, _STAT_KEY, n), np.frombuffer(values, np.uint64).reshape(n, 4 + HIST_SLOTS)
+
     def stats(self) -> list[dict]:
         """Current in-kernel aggregates: pid, tid, nr, name, count, errors, total_ns, max_ns, hist (log2 ns buckets)."""
-        if self.obj is None or not self.obj.loaded:
-            return []
-        fd = self.obj.map_fd("stats")
+        keys, vals = self._table()
         out = []
-        for key in list(map_keys(fd, 16)):
-            val = map_lookup(fd, key, _STAT_VALUE.size)
-            if val is None:
-                continue
-            pid, tid, nr, _ = struct.unpack("<4I", key)
-            count, errors, total, mx, *hist = _STAT_VALUE.unpack(val)
+        for (pid, tid, nr, _), (count, errors, total, mx, *hist) in zip(keys.tolist(), vals.tolist()):
             while hist and hist[-1] == 0:
                 hist.pop()
             out.append({"pid": pid, "tid": tid, "nr": nr, "name": syscall_name(nr), "count": count,
@@ -417,12 +395,24 @@ class SyscallsFamily:
         return out
 
     def checkpoint(self, writer: object) -> None:
-        """Write the cumulative aggregates (safe to call periodically: rows are replaced)."""
+        """Write the aggregates that changed since the last checkpoint (rows are replaced, so it is safe to repeat)."""
         sid = getattr(writer, "session_id", 0)
-        rows = [(sid, s["pid"], s["tid"], s["nr"], s["count"], s["errors"], s["total_ns"], s["max_ns"], json.dumps(s["hist"]))
-                for s in self.stats()]
-        if rows:
-            writer.put_rows("syscall_stats", STATS_COLUMNS, rows, replace=True)
+        keys, vals = self._table()
+        if not len(keys):
+            return
+        # One u64 per (pid, tid, nr) key; only rows whose count moved are written again.
+        k = keys["pid"].astype(np.uint64) << np.uint64(40) ^ keys["tid"].astype(np.uint64) << np.uint64(12) ^ keys["nr"].astype(np.uint64)
+        counts = vals[:, 0]
+        changed = np.fromiter((self._written.get(a) != c for a, c in zip(k.tolist(), counts.tolist())), bool, len(k))
+        if not changed.any():
+            return
+        rows = []
+        for (pid, tid, nr, _), (count, errors, total, mx, *hist) in zip(keys[changed].tolist(), vals[changed].tolist()):
+            while hist and hist[-1] == 0:
+                hist.pop()
+            rows.append((sid, pid, tid, nr, count, errors, total, mx, orjson.dumps(hist).decode()))
+        self._written.update(zip(k[changed].tolist(), counts[changed].tolist()))
+        writer.put_rows("syscall_stats", STATS_COLUMNS, rows, replace=True)
 
     def finish(self, probes: ProbeSet, writer: object) -> None:
         self.checkpoint(writer)
@@ -431,6 +421,7 @@ class SyscallsFamily:
 
 __all__ = [
     "BlockFamily",
+    "MemFamily",
     "NetFamily",
     "ProcFamily",
     "SchedFamily",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
@@ -182,7 +183,7 @@ def _runpath(executable: str) -> list[str]:
                         origin = os.path.dirname(os.path.realpath(executable))
                         dirs += [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for d in raw.split(":") if d]
                 return dirs
-    except Exception:  # not an ELF (a script): no RUNPATH
+    except (ELFError, OSError):  # not an ELF (a script), or unreadable: no RUNPATH
         return []
     return []
 

@@ -41,6 +41,7 @@ from elftools.elf.sections import SymbolTableSection
 from whyprobe.kernel.libbpf import map_lookup, map_update
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
+from whyprobe.demangle import demangle
 from whyprobe.events import F_HAS_PYSTACK, Source
 from whyprobe.probes.pyframes import PY_CODE_KEY, PY_CODE_SIZE, Mapping, PythonFrames, image_signature, discover_python, read_maps
 
@@ -152,7 +153,7 @@ def symbolize_native(pid: int, ips: Sequence[int], maps: list[Mapping] | None = 
         if elf is not None:
             vaddr = elf.vaddr(file_off)
             name = elf.lookup(vaddr) if vaddr is not None else None
-        frames.append({"s": name or f"{Path(module).name or module}+{file_off:#x}", "f": module, "py": False})
+        frames.append({"s": demangle(name) if name else f"{Path(module).name or module}+{file_off:#x}", "f": module, "py": False})
     return frames
 
 

@@ -31,6 +31,16 @@ class Capture:
     warnings: list[str] = field(default_factory=list)
 
 
+# Printed once on stderr when the probes are attached and recording: scripts and tests
+# wait for this line instead of sleeping (DESIGN.md).
+READY_LINE = "whyprobe: ready (probes attached)"
+
+
+def announce_ready() -> None:
+    sys.stderr.write(READY_LINE + "\n")
+    sys.stderr.flush()
+
+
 def session_argv() -> str:
     return shlex.join(["whyprobe", *sys.argv[1:]])
 
@@ -66,6 +76,7 @@ def capture(
         raise WhyprobeError(f"Cannot start tracing: {exc}") from None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    announce_ready()
     if hold is not None:
         os.write(hold, b"go\n")
         os.close(hold)

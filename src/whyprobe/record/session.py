@@ -11,15 +11,16 @@ thread. The UI only ever reads immutable snapshots.
 Hooks a probe family may define besides the ProbeFamily protocol:
   tick(pids) -> list[str]         periodic (~200 ms) work, e.g. attach new libraries
   flags() -> dict                 merged into sessions.flags at the end
-  on_payloads(list[(hdr, data)])  every drained payload record (MCP bytes, paths ...)
+  on_payloads(PayloadBatch)       every drained payload record (MCP bytes, paths ...); iterates as (hdr, data)
   on_stacks(list[(pid, hash, ips)]) user stacks seen for the first time
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import os
+import select
 import shlex
 import threading
 import time
@@ -29,14 +30,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from whyprobe import clock
+from whyprobe.analyze.stats import OpAccumulator
+from whyprobe.errors import WhyprobeError
 from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
-from whyprobe.kernel.ring import PayloadReader, RingReader
+from whyprobe.kernel.ring import PayloadBatch, PayloadReader, RingReader
 from whyprobe.probes.base import ProbeFamily, TargetSpec
-from whyprobe.probes.host import describe  # the host families own the text of paths, argv and addresses
-from whyprobe.syscalls_x86_64 import syscall_name
-from whyprobe.events import EVENT_DTYPE, F_HAS_PAYLOAD, PayloadKind, Source, op_name
-from whyprobe.store.writer import Writer, rows_from_records
+from whyprobe.record.details import DetailJoiner
+from whyprobe.events import EVENT_DTYPE
+from whyprobe.store.rows import rows_from_records
+from whyprobe.store.writer import Writer
 
 
 log = logging.getLogger(__name__)
@@ -46,10 +50,8 @@ TICK_S = 0.2
 SNAPSHOT_S = 0.25
 # In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
 CHECKPOINT_S = 5.0
-# Log-spaced latency buckets: 8 per power of two (~9% wide), 1 ns .. 2^40 ns.
-_BUCKETS_PER_OCTAVE = 8
-_NBUCKETS = 41 * _BUCKETS_PER_OCTAVE
-_DETAIL_KINDS = (PayloadKind.PATH, PayloadKind.ARGV, PayloadKind.SOCKADDR)
+# Processes read from /proc per tick (their names come from the records; this adds command lines).
+PROC_READS_PER_TICK = 64
 
 
 @dataclass
@@ -109,27 +111,30 @@ class TraceSummary:
     ops: tuple[OpStat, ...]
     warnings: tuple[str, ...]
     targets: tuple[int, ...]
+    # Payload records lost in the kernel, and stored events left without their detail for it.
+    payload_drops: int = 0
+    details_lost: int = 0
+    # Kernel losses by probe family and by CPU: {name: {"events": n, "payloads": n}}.
+    by_family: dict = field(default_factory=dict)
+    by_cpu: dict = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
+        """Events lost (payload losses are not: their events are stored)."""
         return self.ring_drops + self.rate_drops + self.queue_drops
 
     def to_json(self) -> dict:
         return {
             "out": self.path,
             "events": self.events,
-            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped},
+            "dropped": {"ring": self.ring_drops, "rate": self.rate_drops, "queue": self.queue_drops, "total": self.dropped,
+                        "by_family": self.by_family, "by_cpu": self.by_cpu},
+            "payloads_lost": {"records": self.payload_drops, "events_without_detail": self.details_lost},
             "duration_s": round(self.duration_s, 3),
             "targets": list(self.targets),
             "ops": {o.name: {"count": o.count, "p50_ns": o.p50_ns, "p99_ns": o.p99_ns, "errors": o.errors} for o in self.ops},
             "warnings": list(self.warnings),
         }
-
-
-def display_name(source: int, op: int) -> str:
-    if source == Source.SYSCALL:
-        return syscall_name(op)
-    return op_name(source, op)
 
 
 def fnv1a64(data: bytes) -> int:
@@ -143,46 +148,15 @@ def as_int64(u: int) -> int:
     return u - (1 << 64) if u >= 1 << 63 else u
 
 
-class LatencyStats:
-    """Per-op counts and log-bucket latency histograms (exact counts, ~9% quantile resolution)."""
-
-    def __init__(self) -> None:
-        self.hist: dict[int, np.ndarray] = {}
-        self.errors: dict[int, int] = {}
-
-    def add(self, records: np.ndarray) -> None:
-        if not len(records):
-            return
-        key = records["source"].astype(np.int64) << 16 | records["op"]
-        dur = np.maximum(records["duration_ns"], 1).astype(np.float64)
-        bucket = np.minimum((np.log2(dur) * _BUCKETS_PER_OCTAVE).astype(np.int64), _NBUCKETS - 1)
-        # CUDA calls fail with any non-zero code; syscalls and the rest with a negative one.
-        cuda = (records["source"] == Source.CUDA) | (records["source"] == Source.DRIVER)
-        failed = np.where(cuda, records["ret"] != 0, records["ret"] < 0)
-        for k in np.unique(key):
-            sel = key == k
-            h = self.hist.setdefault(int(k), np.zeros(_NBUCKETS, np.int64))
-            h += np.bincount(bucket[sel], minlength=_NBUCKETS)
-            self.errors[int(k)] = self.errors.get(int(k), 0) + int(np.count_nonzero(failed[sel]))
-
-    @staticmethod
-    def quantile(h: np.ndarray, q: float) -> float:
-        total = int(h.sum())
-        if total == 0:
-            return 0.0
-        i = int(np.searchsorted(np.cumsum(h), math.ceil(q * total)))
-        return 2 ** ((i + 0.5) / _BUCKETS_PER_OCTAVE)
-
-    def counts(self) -> dict[int, int]:
-        return {k: int(h.sum()) for k, h in self.hist.items()}
-
-    def ops(self, prev_counts: dict[int, int], interval_s: float) -> tuple[OpStat, ...]:
-        out = []
-        for k, h in self.hist.items():
-            n = int(h.sum())
-            rate = (n - prev_counts.get(k, 0)) / interval_s if interval_s > 0 else 0.0
-            out.append(OpStat(display_name(k >> 16, k & 0xFFFF), n, rate, self.quantile(h, 0.5), self.quantile(h, 0.99), self.errors.get(k, 0)))
-        return tuple(sorted(out, key=lambda o: -o.count))
+def op_view(stats: OpAccumulator, prev_counts: dict[tuple[int, int], int], interval_s: float, *, exact: bool) -> tuple[OpStat, ...]:
+    """The per-op lines of the live view and the final summary (analyze/stats.py computes them),
+    with each op's rate since `prev_counts`, busiest first."""
+    out = []
+    for st in stats.stats(exact=exact):
+        n = st["count"]
+        rate = (n - prev_counts.get((st["source_id"], st["op_id"]), 0)) / interval_s if interval_s > 0 else 0.0
+        out.append(OpStat(st["op"], n, rate, st["p50_ns"], st["p99_ns"], st["errors"]))
+    return tuple(sorted(out, key=lambda o: -o.count))
 
 
 class TraceSession:
@@ -196,7 +170,7 @@ class TraceSession:
         self.probes: ProbeSet | None = None
         self.writer: Writer | None = None
         self.warnings: list[str] = []
-        self.stats = LatencyStats()
+        self.stats = OpAccumulator()
         self._pids: set[int] = set(targets.pids)
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
@@ -205,15 +179,15 @@ class TraceSession:
         self._clock_offset = 0
         self._seen_tids: set[int] = set()
         self._seen_pids: set[int] = set()
+        self._unread_pids: collections.deque[tuple[int, str, int]] = collections.deque()  # (pid, comm, seen_at)
         self._stack_hash: dict[int, int] = {}
-        self._detail_payloads: list = []
-        self._detail_mark = 0
+        self._details = DetailJoiner()
         self._records_seen = 0
         self._started = 0.0
-        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "queue": 0})
-        self._prev_counts: dict[int, int] = {}
+        self._snapshot = Snapshot(0.0, tuple(self._pids), (), 0, {"ring": 0, "rate": 0, "payload": 0, "queue": 0})
+        self._prev_counts: dict[tuple[int, int], int] = {}
         self._last_snapshot = 0.0
-        self._drops = {"ring": 0, "rate": 0}
+        self._drops: dict = {"ring": 0, "rate": 0, "payload": 0}
         self._reader_error: BaseException | None = None
         self._snapshots = None
         self._last_checkpoint = 0.0
@@ -222,14 +196,13 @@ class TraceSession:
 
     def start(self) -> list[str]:
         """Open the database, load and attach every family, enroll targets, start draining."""
-        from whyprobe.store.writer import clock_offset_ns
-
         opts = self.options
+        self._clock_offset = clock.measure_offset_ns()
         session = dict(opts.session_fields)
+        session["clock_offset_ns"] = self._clock_offset
         session.setdefault("probes", ",".join(f.name for f in self.families))
         session.setdefault("pid_filter", "all" if self.targets.trace_all else ",".join(map(str, sorted(self._pids))))
         self.writer = Writer(self.out, session=session, max_queue=opts.max_queue, max_db_mb=opts.max_db_mb, retention_hours=opts.retention_hours)
-        self._clock_offset = clock_offset_ns()
         try:
             self.probes = ProbeSet(
                 trace_all=self.targets.trace_all or opts.trace_all,
@@ -237,12 +210,18 @@ class TraceSession:
                 capture_stacks=opts.capture_stacks,
                 events_ring_bytes=opts.ring_bytes,
                 payloads_ring_bytes=opts.payload_ring_bytes,
+                clock_offset_ns=self._clock_offset,
             )
             for fam in self.families:
                 self.warnings += fam.attach(self.probes, self.targets)
             self.probes.add_targets(self._pids)
             self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
             self._payloads = PayloadReader(self.probes.payloads_fd)
+            # Either ring's early wake-up (more than half full) ends the wait: paths can fill the
+            # payload ring while the event ring is still far from half full.
+            self._wake = select.epoll()
+            for fd in (self.probes.events_fd, self.probes.payloads_fd):
+                self._wake.register(fd, select.EPOLLIN)
         except BaseException:
             self._teardown_on_error()
             raise
@@ -276,17 +255,29 @@ class TraceSession:
             if hasattr(fam, "tick"):
                 try:
                     self.warnings += fam.tick(pids)
-                except Exception as exc:  # a family's housekeeping must not end the trace
+                except (OSError, WhyprobeError) as exc:  # a family's housekeeping (/proc, maps, attach) must not end the trace
                     log.warning("%s tick failed: %s", fam.name, exc)
         if self.options.follow_children and not self.targets.trace_all and not any(f.name == "proc" for f in self.families):
             self.add_targets(_descendants(pids))
         self._drops = self.probes.drops()
+        self._read_process_facts()
         now = time.monotonic()
         if now - self._last_checkpoint >= CHECKPOINT_S:
             self._last_checkpoint = now
             for fam in self.families:
                 if hasattr(fam, "checkpoint"):
                     fam.checkpoint(self.writer)
+
+    def _read_process_facts(self) -> None:
+        """Command line, exe, parent and start of processes first seen since the last tick, from /proc,
+        a bounded number per tick: a storm of short-lived processes costs a few failed opens, not one per pid."""
+        rows = []
+        for _ in range(min(len(self._unread_pids), PROC_READS_PER_TICK)):
+            row = _process_row(*self._unread_pids.popleft())
+            if row[4] or row[5]:
+                rows.append(row)
+        if rows:
+            self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), rows, replace=True)
 
     def stop(self) -> TraceSummary:
         """Detach (links first), drain what is left, let families flush, commit and close."""
@@ -309,11 +300,15 @@ class TraceSession:
                 flags.update(fam.flags())
         if self.warnings:
             flags["warnings"] = self.warnings
+        flags["drops"] = {"by_family": drops["by_family"], "by_cpu": drops["by_cpu"], "events_without_detail": self._details.details_lost}
+        flags["payload_ring"] = {"records": self._payloads.records_read, "bytes": self._payloads.bytes_read}
         self.writer.update_session(
-            ring_drops=drops["ring"], rate_drops=drops["rate"], events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags
+            ring_drops=drops["ring"], rate_drops=drops["rate"], payload_drops=drops["payload"],
+            events_seen=self._records_seen + drops["ring"] + drops["rate"], flags=flags,
         )
         self._ring.close()
         self._payloads.close()
+        self._wake.close()
         self.probes.close()
         self.writer.close()
         elapsed = time.monotonic() - self._started
@@ -324,9 +319,13 @@ class TraceSession:
             rate_drops=drops["rate"],
             queue_drops=self.writer.queue_drops,
             duration_s=elapsed,
-            ops=self.stats.ops({}, 0),
+            ops=op_view(self.stats, {}, 0, exact=True),
             warnings=tuple(self.warnings),
             targets=tuple(sorted(self._pids)),
+            payload_drops=drops["payload"],
+            details_lost=self._details.details_lost,
+            by_family=drops["by_family"],
+            by_cpu=drops["by_cpu"],
         )
         if self._reader_error is not None:
             raise self._reader_error
@@ -368,11 +367,15 @@ class TraceSession:
             self._reader_error = exc
 
     def _drain_once(self, timeout_ms: int) -> int:
-        records = self._ring.poll(timeout_ms)
-        payloads = self._payloads.poll(0)
-        if payloads:
+        # Events first, then payloads: a payload is submitted before its event.
+        records, payloads = self._ring.drain(), self._payloads.drain()
+        if not len(records) and not len(payloads) and timeout_ms > 0:
+            self._wake.poll(timeout_ms / 1000.0)
+            records, payloads = self._ring.drain(), self._payloads.drain()
+        if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
+            self._details.idle()
             return len(payloads)
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
@@ -380,11 +383,11 @@ class TraceSession:
             rows["timestamp"] -= rows["timestamp"] % self.options.precision_ns
         if self.options.capture_stacks:
             self._fill_stacks(records, rows)
-        details = self._details(records)
-        self._names(records)
-        self.stats.add(records)
+        details = self._details.join(records, rows)
+        self.stats.add(records["source"], records["op"], records["duration_ns"], records["ret"])
         for fam in self.families:
             fam.on_batch(records)
+        self._names(records)
         for fam in self.families:
             if hasattr(fam, "on_rows"):
                 fam.on_rows(rows)
@@ -395,27 +398,11 @@ class TraceSession:
         self.writer.put_events(rows, details)
         return len(records)
 
-    def _take_payloads(self, payloads: list) -> None:
+    def _take_payloads(self, payloads: PayloadBatch) -> None:
         for fam in self.families:
             if hasattr(fam, "on_payloads"):
                 fam.on_payloads(payloads)
-        self._detail_payloads += [(h, d) for h, d in payloads if int(h["kind"]) in _DETAIL_KINDS]
-
-    def _details(self, records: np.ndarray) -> list[str | None] | None:
-        """`detail` text for events flagged WP_F_HAS_PAYLOAD, from payloads with the same (tid, ts_ns).
-
-        Producers submit a payload before its event, so it was drained in this
-        round or the one before (if it landed between our two ring reads); older
-        unmatched payloads belong to dropped events and are let go.
-        """
-        if not self._detail_payloads or not (records["flags"] & F_HAS_PAYLOAD).any():
-            self._detail_payloads = self._detail_payloads[self._detail_mark :]
-            self._detail_mark = len(self._detail_payloads)
-            return None
-        details = describe(records, self._detail_payloads)
-        self._detail_payloads = self._detail_payloads[self._detail_mark :]
-        self._detail_mark = len(self._detail_payloads)
-        return details if any(d is not None for d in details) else None
+        self._details.take(payloads)
 
     def _fill_stacks(self, records: np.ndarray, rows: np.ndarray) -> None:
         ids = records["stack_id"]
@@ -449,6 +436,7 @@ class TraceSession:
             return
         now = time.time_ns()
         threads, procs = [], []
+        described = next((f.processes for f in self.families if f.name == "proc" and hasattr(f, "processes")), {})
         for i in new:
             tid, pid = int(records["tid"][i]), int(records["pid"][i])
             comm = records["comm"][i].split(b"\0")[0].decode(errors="replace") or _thread_comm(pid, tid)
@@ -456,15 +444,22 @@ class TraceSession:
             threads.append((tid, pid, comm, now))
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                procs.append(_process_row(pid, comm, now))
+                known = described.get(pid)
+                # Named from the kernel's records (the proc family's for what forked or exec'd); /proc
+                # only fills in the command line of those still alive, later, off this thread (tick).
+                if known is None:
+                    procs.append((pid, comm, now, 0, "", "", 0))
+                    self._unread_pids.append((pid, comm, now))
+                else:
+                    procs.append((pid, known["name"] or comm, now, known["ppid"], known["cmdline"], known["exe"], known["started_at"]))
         self.writer.put_rows("thread_names", ("tid", "pid", "comm", "seen_at"), threads)
         if procs:
             self.writer.put_rows("process_names", ("pid", "name", "seen_at", "ppid", "cmdline", "exe", "started_at"), procs)
 
     def _publish(self, now: float) -> None:
         interval = now - self._last_snapshot
-        drops = dict(self._drops, queue=self.writer.queue_drops)
-        ops = self.stats.ops(self._prev_counts, interval)
+        drops = dict(self._drops, queue=self.writer.queue_drops, details_lost=self._details.details_lost)
+        ops = op_view(self.stats, self._prev_counts, interval, exact=False)
         self._prev_counts = self.stats.counts()
         self._last_snapshot = now
         self._snapshot = Snapshot(now - self._started, tuple(sorted(self._pids)), ops, self._records_seen, drops, tuple(self.warnings))

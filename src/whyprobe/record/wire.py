@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
+import numpy as np
+
 from whyprobe.kernel.loader import ProbeSet
+from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.mcpwire.message import McpMessage, ToolCall
 from whyprobe.mcpwire.pipeline import WirePipeline
 from whyprobe.mcpwire.reassembly import WIRE_KINDS
@@ -128,13 +131,11 @@ class WireRecorder:
     # ---- ProbeFamily ---------------------------------------------------------------
 
     def attach(self, probes: ProbeSet, targets: TargetSpec) -> list[str]:
-        from whyprobe.store.writer import clock_offset_ns
-
         self._probes = probes
         self.pipeline = WirePipeline(
             max_message_bytes=self._max,
             capture_cap=self._max,
-            ts_offset_ns=clock_offset_ns(),
+            ts_offset_ns=probes.clock_offset_ns,
             comm_of=lambda pid: _proc_text(pid, "comm"),
             cmdline_of=lambda pid: _proc_text(pid, "cmdline"),
             previous_snapshots=self._previous,
@@ -144,10 +145,12 @@ class WireRecorder:
     def on_batch(self, records: object) -> None:
         return None
 
-    def on_payloads(self, payloads: list) -> None:
+    def on_payloads(self, payloads: PayloadBatch) -> None:
         """Reader thread: decode, tell observers at once, keep rows until they settle."""
         now = time.monotonic()
         out: list[McpMessage] = []
+        # Paths and argv of the host families share the ring: leave them out in one numpy call.
+        payloads = payloads.select(np.isin(payloads.hdr["kind"], WIRE_KINDS))
         with self._lock:
             for hdr, data in payloads:
                 if int(hdr["kind"]) not in WIRE_KINDS:
@@ -216,7 +219,7 @@ class WireRecorder:
         for m in msgs:
             try:
                 self.on_message(m)
-            except Exception as exc:  # a broken console must not stop the capture
+            except OSError as exc:  # a broken console (closed pipe) must not stop the capture
                 log.warning("message observer failed: %s", exc)
 
     def _settle(self, before: float, writer: object = None) -> None:

@@ -45,6 +45,8 @@ def render_explain_text(doc: dict, out: TextIO) -> None:
 
 def _finding(f: dict, i: int, doc: dict, out: TextIO) -> None:
     out.write(f"\n{i}. [{f['severity'].upper()}] {f['summary']}\n")
+    if f.get("kernels"):
+        out.write("   kernels: " + ", ".join(f"{k['kernel']} ({k['slow_calls']} slow)" for k in f["kernels"][:3]) + "\n")
     if f["kind"] == "tail":
         out.write(
             f"   {f['op']}: {fmt_count(f['count'])} calls, p50 {fmt_ns(f['p50_ns'])}, p99 {fmt_ns(f['p99_ns'])}, "
@@ -58,6 +60,12 @@ def _finding(f: dict, i: int, doc: dict, out: TextIO) -> None:
                 for b in c["blockers"][:3]
             )
             out.write(f" — {who}")
+        if c.get("peers"):
+            out.write(" — retransmits to " + ", ".join(f"{p['peer']} ×{p['retransmits']}" for p in c["peers"][:3]))
+        if c.get("stalls"):
+            out.write(" — " + ", ".join(f"{k} ×{n}" for k, n in c["stalls"].items()))
+        if c.get("oom_kills"):
+            out.write(" — OOM kill of pid " + ", ".join(str(o["victim_pid"]) for o in c["oom_kills"][:3]))
         out.write("\n")
         if c.get("frames"):
             hot = ", ".join(f"{100 * x['share']:.0f}% {frame_text(x)}" for x in c["frames"])

@@ -19,6 +19,9 @@ def render_stats_table(stats: list[dict], console: Console, *, title: str = "") 
     table = Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("source", no_wrap=True)
     table.add_column("op", overflow="fold")
+    kernels = any("kernel" in s for s in stats)
+    if kernels:
+        table.add_column("kernel", overflow="fold")
     for name in ("count", "p50", "p95", "p99", "p99.9", "max", "total", "errors"):
         table.add_column(name, justify="right", no_wrap=True)
     for s in stats:
@@ -27,6 +30,7 @@ def render_stats_table(stats: list[dict], console: Console, *, title: str = "") 
         table.add_row(
             s["source"],
             s["op"],
+            *([s.get("kernel", "")] if kernels else []),
             fmt_count(s["count"]),
             fmt_ns(s["p50_ns"]),
             fmt_ns(s["p95_ns"]),

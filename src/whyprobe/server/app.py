@@ -22,6 +22,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from whyprobe.config import ToolSpec
+from whyprobe.events import F_DETAIL_LOST, F_PREEMPTED
 from whyprobe.server import tools as T
 from whyprobe.server.output import EventShaped, cap_output, event_shaped
 from whyprobe.server.security import AuditLog, RateLimiter, fence
@@ -78,7 +79,7 @@ class Guard:
         start = time.perf_counter_ns()
         try:
             result = await call_next(ctx)
-        except Exception as exc:
+        except Exception as exc:  # every failure is audited, then re-raised as it was
             self._audit(label, what, args, 0, time.perf_counter_ns() - start, False, f"error: {exc}")
             raise
         finally:
@@ -201,7 +202,7 @@ def _register_tools(mcp: MCPServer, state: T.ServerState) -> None:
         tid: OptTid = None,
         outliers: Annotated[int, Field(ge=0, le=100, description="How many slowest launches to list.")] = 10,
     ) -> Out:
-        """Kernel-launch latency: distribution (p50..p99.9), log2 histogram, outliers, per-thread split."""
+        """Kernel-launch latency: distribution (p50..p99.9), log2 histogram, outliers, per-thread and per-kernel split (demangled names, hex when unresolved)."""
         return _answer(state, T.analyze_gpu_launch_latency_tool, op=op, pid=pid, tid=tid, outliers=outliers)
 
     @mcp.tool(annotations=RO)
@@ -291,7 +292,7 @@ def _register_prompt_and_resources(mcp: MCPServer, state: T.ServerState) -> None
 
 
 TABLE_MEANINGS = {
-    "events": "one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & 4 = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
+    "events": f"one row per call/interval: timestamp (unix ns), duration (ns), pid, tid, source+op (see sources/ops), args; sched_switch: duration = off-CPU, arg1 = preemptor tid, flags & {F_PREEMPTED} = preempted; aux = ns the preemptor ran (preempted) or waker tid (blocked)",
     "host_events": "events joined with names: comm, source, op, syscall",
     "sources": "source id → name", "ops": "(source_id, op_id) → op name and meaning of args",
     "stack_traces": "hash → frames JSON [{s: symbol, f: file, l: line}] innermost first",
@@ -324,9 +325,12 @@ def _facts_doc(state: T.ServerState) -> dict:
             p["comm"] = names.get(p["pid"], "")
     if db.has("sessions"):
         cols = db.columns.get("sessions", frozenset())
-        want = [c for c in ("hostname", "node", "kernel", "gpu_model", "ring_drops", "queue_drops", "rate_drops", "pruned") if c in cols]
+        want = [c for c in ("hostname", "node", "kernel", "gpu_model", "ring_drops", "queue_drops", "rate_drops", "payload_drops", "pruned") if c in cols]
         if want:
             facts["sessions"] = [dict(zip(want, r)) for r in q(f"SELECT {', '.join(want)} FROM sessions LIMIT 20")]
+        if "payload_drops" in cols:
+            # Events kept, details lost: the event counts are complete, some paths/argv are not.
+            facts["events_without_detail"] = q("SELECT COUNT(*) FROM events WHERE flags & ?", (F_DETAIL_LOST,)).fetchone()[0]
     if state.settings.pid_filter:
         facts["pid_filter"] = list(state.settings.pid_filter)
     return facts

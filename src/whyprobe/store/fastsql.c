@@ -2,8 +2,8 @@
 /* Bulk int64 rows in and out of SQLite, on the sqlite3 handle of a Python
  * sqlite3.Connection. Python's executemany/fetchall build one object per
  * value (0.3 M rows/s in, ~0.5 M rows/s out for 13 columns); here the same
- * statements run in C over a numpy buffer, without the GIL. Only integers:
- * every column of `events` that bulk paths touch is an INTEGER. */
+ * statements run in C over a numpy buffer, without the GIL. Integers, plus
+ * one optional TEXT column (`events.detail`) taken from one byte buffer. */
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -64,6 +64,59 @@ int wp_insert_i64(sqlite3 *db, const char *sql_many, int many, const char *sql_o
 		return fail(db, NULL, rc, err, errlen);
 	for (; i < nrows; i++) {
 		rc = bind_step(s1, data + i * ncols, ncols);
+		if (rc != SQLITE_DONE)
+			return fail(db, s1, rc, err, errlen);
+	}
+	sqlite3_finalize(s1);
+	return SQLITE_OK;
+}
+
+/* Rows of ncols integers, each followed by one TEXT parameter: the bytes
+ * text[toff[r], toff[r] + tlen[r]) of row r (UTF-8), NULL where tlen[r] < 0. */
+static int bind_step_text(sqlite3_stmt *st, const int64_t *vals, int ncols, int rows, const char *text, const int64_t *toff,
+			  const int32_t *tlen)
+{
+	int p = 1, rc;
+
+	for (int r = 0; r < rows; r++) {
+		for (int c = 0; c < ncols; c++)
+			sqlite3_bind_int64(st, p++, vals[r * ncols + c]);
+		if (tlen[r] < 0)
+			sqlite3_bind_null(st, p++);
+		else
+			sqlite3_bind_text(st, p++, text + toff[r], tlen[r], SQLITE_STATIC);
+	}
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc;
+}
+
+/* wp_insert_i64 with a TEXT column after the integers (see bind_step_text). */
+int wp_insert_i64_text(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
+		       const char *text, const int64_t *toff, const int32_t *tlen, char *err, int errlen)
+{
+	sqlite3_stmt *sm = NULL, *s1 = NULL;
+	int64_t i = 0;
+	int rc;
+
+	if (many > 1 && nrows >= many) {
+		rc = sqlite3_prepare_v2(db, sql_many, -1, &sm, NULL);
+		if (rc != SQLITE_OK)
+			return fail(db, NULL, rc, err, errlen);
+		for (; i + many <= nrows; i += many) {
+			rc = bind_step_text(sm, data + i * ncols, ncols, many, text, toff + i, tlen + i);
+			if (rc != SQLITE_DONE)
+				return fail(db, sm, rc, err, errlen);
+		}
+		sqlite3_finalize(sm);
+	}
+	if (i == nrows)
+		return SQLITE_OK;
+	rc = sqlite3_prepare_v2(db, sql_one, -1, &s1, NULL);
+	if (rc != SQLITE_OK)
+		return fail(db, NULL, rc, err, errlen);
+	for (; i < nrows; i++) {
+		rc = bind_step_text(s1, data + i * ncols, ncols, 1, text, toff + i, tlen + i);
 		if (rc != SQLITE_DONE)
 			return fail(db, s1, rc, err, errlen);
 	}

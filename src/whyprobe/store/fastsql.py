@@ -26,7 +26,8 @@ _SO = Path(__file__).with_name("_fastsql.so")
 # Multi-row INSERTs cut SQLite's per-row CPU by ~1/3; a statement stays under SQLite's parameter limit.
 ROWS_PER_STATEMENT = 64
 _MAX_PARAMS = 32766
-_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\([^()]*\))\s*$", re.IGNORECASE | re.DOTALL)
+# One VALUES tuple; its items may call a function (one level of parentheses, e.g. NULLIF(?, 0)).
+_SINGLE_VALUES = re.compile(r"^(INSERT\b.*?)\s+VALUES\s*(\((?:[^()]|\([^()]*\))*\))\s*$", re.IGNORECASE | re.DOTALL)
 
 
 def _load():
@@ -41,6 +42,9 @@ def _load():
     lib.wp_db_filename.argtypes = [ct.c_void_p]
     lib.wp_insert_i64.restype = ct.c_int
     lib.wp_insert_i64.argtypes = [ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_char_p, i64p, ct.c_int64, ct.c_int, ct.c_char_p, ct.c_int]
+    lib.wp_insert_i64_text.restype = ct.c_int
+    lib.wp_insert_i64_text.argtypes = [ct.c_void_p, ct.c_char_p, ct.c_int, ct.c_char_p, i64p, ct.c_int64, ct.c_int, ct.c_char_p, i64p,
+                                       ct.POINTER(ct.c_int32), ct.c_char_p, ct.c_int]
     lib.wp_select_i64.restype = ct.c_int
     lib.wp_select_i64.argtypes = [ct.c_void_p, ct.c_char_p, i64p, ct.c_int, ct.c_int, ct.POINTER(i64p), i64p, ct.c_char_p, ct.c_int]
     lib.wp_free.argtypes = [ct.c_void_p]
@@ -107,6 +111,35 @@ def insert_i64(conn: sqlite3.Connection, sql: str, rows: np.ndarray, rows_per_st
     return True
 
 
+def insert_i64_text(conn: sqlite3.Connection, sql: str, rows: np.ndarray, text: bytes | np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> bool:
+    """insert_i64 where each row's last parameter is TEXT: text[offsets[i]:offsets[i] + lengths[i]] (UTF-8), NULL where lengths[i] < 0.
+
+    False (nothing done) if the fast path is unavailable."""
+    db = _handle(conn)
+    if db is None:
+        return False
+    data = np.ascontiguousarray(rows, dtype=np.int64)
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    lens = np.ascontiguousarray(lengths, dtype=np.int32)
+    if not (len(off) == len(lens) == data.shape[0]):
+        raise ValueError(f"{len(off)} offsets and {len(lens)} lengths for {data.shape[0]} rows")
+    blob = np.frombuffer(text, np.uint8) if isinstance(text, (bytes, bytearray)) else np.ascontiguousarray(text, np.uint8)
+    valid = lens >= 0
+    if valid.any() and int((off[valid] + lens[valid]).max()) > len(blob):
+        raise ValueError("a text span runs past the end of the buffer")
+    per = max(min(ROWS_PER_STATEMENT, _MAX_PARAMS // (data.shape[1] + 1)), 1)
+    many = _many_rows(sql, per) if per > 1 and data.shape[0] >= per else None
+    err = ct.create_string_buffer(256)
+    rc = _lib.wp_insert_i64_text(
+        db, (many or sql).encode(), per if many else 1, sql.encode(), data.ctypes.data_as(ct.POINTER(ct.c_int64)), data.shape[0],
+        data.shape[1], blob.ctypes.data_as(ct.c_char_p), off.ctypes.data_as(ct.POINTER(ct.c_int64)),
+        lens.ctypes.data_as(ct.POINTER(ct.c_int32)), err, len(err),
+    )
+    if rc:
+        raise StoreError(f"Cannot write events: {err.value.decode(errors='replace')} (SQLite error {rc})")
+    return True
+
+
 def select_i64(conn: sqlite3.Connection, sql: str, params: Sequence[int], ncols: int, *, copy: bool = True) -> np.ndarray | None:
     """Rows of an all-integer SELECT as an (n, ncols) int64 array; None if the fast path is unavailable.
 
@@ -121,7 +154,7 @@ def select_i64(conn: sqlite3.Connection, sql: str, params: Sequence[int], ncols:
     err = ct.create_string_buffer(256)
     rc = _lib.wp_select_i64(db, sql.encode(), prm, len(params), ncols, ct.byref(out), ct.byref(n), err, len(err))
     if rc:
-        raise sqlite3.OperationalError(err.value.decode(errors="replace"))
+        raise StoreError(f"Cannot read the trace: {err.value.decode(errors='replace')} (SQLite error {rc}; is the file intact? try `sqlite3 FILE 'PRAGMA integrity_check'`)")
     if n.value == 0 or copy:
         try:
             return np.ctypeslib.as_array(out, shape=(n.value, ncols)).copy() if n.value else np.zeros((0, ncols), np.int64)

@@ -15,34 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from whyprobe.errors import StoreError
+from whyprobe.events import EVENT_ROW_DTYPE
 from whyprobe.store import fastsql
-
-# Columns every loaded event array has, whatever the file's flavor.
-EVENT_COLUMNS = np.dtype(
-    [
-        ("id", "<i8"),
-        ("timestamp", "<i8"),
-        ("pid", "<i8"),
-        ("tid", "<i8"),
-        ("source", "<i8"),
-        ("op", "<i8"),
-        ("duration", "<i8"),
-        ("arg0", "<i8"),
-        ("arg1", "<i8"),
-        ("arg2", "<i8"),
-        ("aux", "<i8"),
-        ("ret_code", "<i8"),
-        ("cpu", "<i8"),
-        ("stack_hash", "<i8"),
-        ("flags", "<i8"),
-    ]
-)
 
 _DEFAULTS = {"arg2": "0", "aux": "0", "cpu": "-1", "flags": "0", "stack_hash": "0"}
 
 
 class EventColumns:
-    """Events as one int64 array per column, read like an EVENT_COLUMNS array.
+    """Events as one int64 array per column, read like an EVENT_ROW_DTYPE array.
 
     `cols["tid"]` is a column; `cols[mask]` / `cols[indices]` is a selection that
     keeps only row indices and gathers a column when it is first read. Filtering a
@@ -63,7 +43,7 @@ class EventColumns:
         if isinstance(key, str):
             col = self._cache.get(key)
             if col is None:
-                if key not in EVENT_COLUMNS.names:
+                if key not in EVENT_ROW_DTYPE.names:
                     raise KeyError(key)
                 base = self._base.get(key)
                 if base is None:
@@ -110,10 +90,10 @@ class TraceDB:
         return dict(self.conn.execute("SELECT id, name FROM sources"))
 
     def load_events(self, where: str = "", params: tuple = ()) -> np.ndarray:
-        """All events (optionally filtered by a SQL WHERE clause) as an EVENT_COLUMNS array."""
+        """All events (optionally filtered by a SQL WHERE clause) as an EVENT_ROW_DTYPE array."""
         cols = []
         have = self.columns.get("events", frozenset())
-        for name in EVENT_COLUMNS.names:
+        for name in EVENT_ROW_DTYPE.names:
             if name == "id":
                 cols.append("rowid")
             elif name in have:
@@ -125,7 +105,7 @@ class TraceDB:
         if data is None:
             rows = self.conn.execute(sql, params).fetchall()
             data = np.array(rows, dtype=np.int64).reshape(len(rows), len(cols))
-        return np.ascontiguousarray(data).view(EVENT_COLUMNS).reshape(-1)
+        return np.ascontiguousarray(data).view(EVENT_ROW_DTYPE).reshape(-1)
 
     def load_arrays(self, columns: tuple[str, ...], where: str = "", params: tuple = ()) -> EventColumns:
         """Only `columns` of the matching events, unordered, as an EventColumns (one int64 array
@@ -150,6 +130,19 @@ class TraceDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def trace_over(path: str | os.PathLike, conn: sqlite3.Connection) -> TraceDB:
+    """A TraceDB over a connection someone else opened and filters (the MCP server's, whose
+    temp views stand in for filtered tables): its tables, temp views included, and columns."""
+    tables = frozenset(
+        r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table','view') UNION SELECT name FROM temp.sqlite_master WHERE type = 'view'"
+        )
+    )
+    columns = {t: frozenset(r[1] for r in conn.execute(f"PRAGMA table_info('{t}')")) for t in tables if t != "audit_log"}
+    row = conn.execute("SELECT value FROM schema_info WHERE key = 'producer'").fetchone() if "schema_info" in tables else None
+    return TraceDB(Path(path), conn, "whyprobe" if row and row[0] == "whyprobe" else "ingero", tables, columns)
 
 
 def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:

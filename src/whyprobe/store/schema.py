@@ -13,7 +13,7 @@ import sqlite3
 from whyprobe.errors import StoreError
 from whyprobe.events import OPS, SOURCE_DESCRIPTIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x57485950  # "WHYP"
 
 TABLES = """
@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS stack_traces (
     ips    TEXT NOT NULL,                   -- JSON array of hex IPs
     frames TEXT NOT NULL DEFAULT ''         -- JSON [{"s": symbol, "f": file, "l": line, "py": bool}]
 );
+CREATE TABLE IF NOT EXISTS kernel_names (
+    pid    INTEGER NOT NULL,
+    handle INTEGER NOT NULL,                -- launch events' arg0: host stub pointer (runtime) or CUfunction/CUkernel (driver)
+    name   TEXT NOT NULL,                   -- demangled
+    via    TEXT NOT NULL DEFAULT '',        -- symtab/dynsym of the mapped file, or the driver call that named it
+    PRIMARY KEY (pid, handle)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS process_names (
     pid        INTEGER PRIMARY KEY,
     name       TEXT NOT NULL,               -- comm
@@ -107,6 +114,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     ring_drops    INTEGER NOT NULL DEFAULT 0, -- ring reservations that failed in the kernel
     queue_drops   INTEGER NOT NULL DEFAULT 0, -- events lost because the writer queue was full
     rate_drops    INTEGER NOT NULL DEFAULT 0, -- events over storage.max_events_per_second
+    payload_drops INTEGER NOT NULL DEFAULT 0, -- payload records (paths, argv, addresses, MCP bytes) the kernel could not ship; their events are stored, flagged detail-lost
     pruned        INTEGER NOT NULL DEFAULT 0  -- events removed by retention
 );
 CREATE TABLE IF NOT EXISTS system_snapshots (
@@ -259,7 +267,9 @@ LEFT JOIN ops o ON o.source_id = e.source AND o.op_id = e.op;
 """
 
 # Index = the user_version a migration upgrades *from*; each is a list of statements.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE sessions ADD COLUMN payload_drops INTEGER NOT NULL DEFAULT 0"],
+}
 
 
 def seed_names(conn: sqlite3.Connection, extra_ops: list[tuple[int, int, str, str]] = ()) -> None:

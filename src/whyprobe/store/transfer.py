@@ -43,7 +43,7 @@ from typing import Iterator
 from whyprobe.errors import StoreError
 from whyprobe.store import schema
 from whyprobe.store.reader import open_trace
-from whyprobe.store.writer import NS_PER_MINUTE
+from whyprobe.store.rows import NS_PER_MINUTE
 
 # (table, key columns) of the tables that get a node-qualified twin when merging.
 BY_NODE = (("process_names", ("pid",)), ("thread_names", ("tid",)), ("system_snapshots", ("timestamp",)))

@@ -21,11 +21,7 @@ import json
 import logging
 import math
 import os
-import platform
-import shlex
-import socket
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,189 +29,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from whyprobe import __version__
 from whyprobe.errors import StoreError
+from whyprobe.events import EVENT_ROW_COLUMNS, EVENT_ROW_DTYPE, Details
 from whyprobe.store import fastsql, schema
+from whyprobe.store.hostfacts import host_facts
+from whyprobe.store.rows import AGGREGATE_UPSERT, aggregate_rows
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS = (
-    "timestamp",
-    "pid",
-    "tid",
-    "source",
-    "op",
-    "duration",
-    "arg0",
-    "arg1",
-    "arg2",
-    "aux",
-    "ret_code",
-    "cpu",
-    "cgroup_id",
-    "flags",
-    "stack_hash",
-)
-ROW_DTYPE = np.dtype([(name, "<i8") for name in ROW_COLUMNS])
-
-NS_PER_MINUTE = 60_000_000_000
-_INT64_MAX = np.iinfo(np.int64).max
 _PRUNE_CHUNK = 50_000
 _BATCH_ITEMS = 64  # queue items folded into one transaction
-# rows_from_records converts this many records at a time: field by field over a
-# whole drained ring (up to ~40 MB of rows) misses the cache on every one of its
-# 15 passes; chunks that stay in L2 take ~45 instead of ~170 ns a row alone,
-# ~200 instead of ~340 ns inside a busy trace (bench/ingest.py).
-_ROWS_CHUNK = 8192
 # Secondary indexes on events take ~4x the insert time when maintained row by
 # row (random B-tree inserts); a fresh file gets them built once, at close.
 _DEFERRED_INDEXES = ("idx_events_timestamp", "idx_events_source_op", "idx_events_tid_ts", "idx_events_pid")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-AGGREGATE_UPSERT = """
-INSERT INTO event_aggregates(bucket, source, op, pid, node, count, stored, sum_dur, min_dur, max_dur, sum_arg0)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(bucket, source, op, pid, node) DO UPDATE SET
-    count = count + excluded.count,
-    stored = stored + excluded.stored,
-    sum_dur = sum_dur + excluded.sum_dur,
-    min_dur = min(min_dur, excluded.min_dur),
-    max_dur = max(max_dur, excluded.max_dur),
-    sum_arg0 = sum_arg0 + excluded.sum_arg0
-"""
-
-
-def rows_from_records(records: np.ndarray, clock_offset_ns: int) -> np.ndarray:
-    """Ring records (`EVENT_DTYPE`, CLOCK_MONOTONIC ns) → events-table rows (unix ns).
-
-    u64 fields are reinterpreted bit for bit as int64 (SQLite integers are
-    signed); `stack_hash` is left 0 for the session to fill.
-    """
-    out = np.empty(len(records), ROW_DTYPE)
-    for i in range(0, len(records), _ROWS_CHUNK):
-        _fill_rows(out[i : i + _ROWS_CHUNK], records[i : i + _ROWS_CHUNK], clock_offset_ns)
-    return out
-
-
-def _fill_rows(out: np.ndarray, records: np.ndarray, clock_offset_ns: int) -> None:
-    out["timestamp"] = records["ts_ns"].view(np.int64) + np.int64(clock_offset_ns)
-    out["duration"] = records["duration_ns"].view(np.int64)
-    for name in ("arg0", "arg1", "arg2", "aux", "cgroup_id"):
-        out[name] = records[name].view(np.int64)
-    out["ret_code"] = records["ret"]
-    for name in ("pid", "tid", "cpu", "source", "op", "flags"):
-        out[name] = records[name]
-    out["stack_hash"] = 0
-
-
-def clock_offset_ns(samples: int = 7) -> int:
-    """Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns reads), in ns.
-
-    The wall-clock read is bracketed by two monotonic reads; the tightest
-    bracket of a few tries gives the offset with the least scheduling noise.
-    """
-    best_gap, best = None, 0
-    for _ in range(samples):
-        m0 = time.monotonic_ns()
-        wall = time.time_ns()
-        m1 = time.monotonic_ns()
-        if best_gap is None or m1 - m0 < best_gap:
-            best_gap, best = m1 - m0, wall - (m0 + m1) // 2
-    return best
-
-
-def aggregate_rows(rows: np.ndarray, node: str = "") -> list[tuple]:
-    """Per (minute bucket, source, op, pid) count/stored/sum/min/max duration and sum of arg0."""
-    if len(rows) == 0:
-        return []
-    bucket = rows["timestamp"] // NS_PER_MINUTE * NS_PER_MINUTE
-    # One sortable key: source (<2^8), op (<2^16) and pid (<2^32) pack into 56 bits;
-    # the bucket is sorted first, separately, since a batch rarely spans two minutes.
-    key = (rows["source"] << 48) | (rows["op"] << 32) | (rows["pid"] & 0xFFFFFFFF)
-    one_bucket = bool(np.all(bucket == bucket[0]))
-    order = np.argsort(key, kind="stable") if one_bucket else np.lexsort((key, bucket))
-    kb, kk = bucket[order], key[order]
-    starts = np.concatenate(([0], np.flatnonzero((kk[1:] != kk[:-1]) | (kb[1:] != kb[:-1])) + 1))
-    counts = np.diff(np.append(starts, len(rows)))
-    first = order[starts]
-    dur = rows["duration"][order]
-    arg0 = rows["arg0"][order]
-    sum_arg0 = np.add.reduceat(arg0, starts)
-    # arg0 is a pointer for some ops: saturate instead of wrapping around.
-    approx = np.add.reduceat(arg0.astype(np.float64), starts)
-    over = np.abs(approx) >= 9.0e18
-    sum_arg0[over] = np.where(approx[over] > 0, _INT64_MAX, -_INT64_MAX)
-    cols = np.stack(
-        [
-            kb[starts],
-            rows["source"][first],
-            rows["op"][first],
-            rows["pid"][first],
-            counts,
-            counts,
-            np.add.reduceat(dur, starts),
-            np.minimum.reduceat(dur, starts),
-            np.maximum.reduceat(dur, starts),
-            sum_arg0,
-        ],
-        axis=1,
-    )
-    return [(b, s, o, p, node, *rest) for b, s, o, p, *rest in cols.tolist()]
-
-
 def _read_first(path: Path, size: int) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(size)
-
-
-def _os_release() -> str:
-    try:
-        with open("/etc/os-release", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("PRETTY_NAME="):
-                    return line.split("=", 1)[1].strip().strip('"')
-    except OSError:
-        pass
-    return ""
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _mem_total_mib() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total // 2**20)
-    except Exception:  # psutil missing or /proc unreadable: the fact is optional
-        return 0
-
-
-def host_facts() -> dict[str, Any]:
-    """The `sessions` columns that describe this host and this invocation."""
-    hostname = socket.gethostname()
-    return {
-        "started_at": time.time_ns(),
-        "hostname": hostname,
-        "node": hostname,
-        "kernel": platform.release(),
-        "os_release": _os_release(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count() or 0,
-        "mem_total": _mem_total_mib(),
-        "python_ver": platform.python_version(),
-        "whyprobe_ver": __version__,
-        "argv": shlex.join(sys.argv),
-        "clock_offset_ns": clock_offset_ns(),
-    }
 
 
 def _check_target(path: Path) -> None:
@@ -317,15 +148,15 @@ class Writer:
 
     # ---- producer side (any thread) -------------------------------------------------
 
-    def put_events(self, rows: np.ndarray, details: Sequence[str | None] | None = None) -> bool:
-        """Queue a batch of ROW_DTYPE rows without ever blocking.
+    def put_events(self, rows: np.ndarray, details: Details | Sequence[str | None] | None = None) -> bool:
+        """Queue a batch of EVENT_ROW_DTYPE rows without ever blocking.
 
         The writer keeps a reference to `rows` (no copy): don't reuse the buffer.
         Returns False (and counts the rows in `queue_drops`) when the queue is
         full, the writer failed, or it is closed.
         """
-        if rows.dtype != ROW_DTYPE:
-            raise TypeError(f"put_events wants rows of ROW_DTYPE, got {rows.dtype}")
+        if rows.dtype != EVENT_ROW_DTYPE:
+            raise TypeError(f"put_events wants rows of EVENT_ROW_DTYPE, got {rows.dtype}")
         if details is not None and len(details) != len(rows):
             raise ValueError(f"{len(details)} details for {len(rows)} rows")
         if len(rows) == 0:
@@ -434,7 +265,9 @@ class Writer:
             try:
                 self._commit(batch)
                 self._retain()
-            except Exception as exc:  # disk full, I/O error: keep the reason for flush/close
+            # Any failure (disk full, I/O error, or a bug) must reach flush/close through _error:
+            # this thread ending silently would leave producers waiting forever.
+            except Exception as exc:
                 log.error("writer failed on %s: %s", self.path, exc)
                 self._error = exc
                 if self._conn.in_transaction:
@@ -456,15 +289,18 @@ class Writer:
             kind = item[0]
             if kind == "events":
                 rows, details = item[1], item[2]
-                matrix = rows.view(np.int64).reshape(-1, len(ROW_COLUMNS))
+                matrix = rows.view(np.int64).reshape(-1, len(EVENT_ROW_COLUMNS))
                 if details is None:
                     if not fastsql.insert_i64(conn, self._insert_event, matrix):
                         conn.executemany(self._insert_event, matrix.tolist())
                 else:
-                    values = matrix.tolist()
-                    for v, d in zip(values, details):
-                        v.append(d)
-                    conn.executemany(self._insert_event_detail, values)
+                    if not isinstance(details, Details):
+                        details = Details.from_strings(list(details))
+                    if not fastsql.insert_i64_text(conn, self._insert_event_detail, matrix, details.text, details.offsets, details.lengths):
+                        values = matrix.tolist()
+                        for v, d in zip(values, details.tolist()):
+                            v.append(d)
+                        conn.executemany(self._insert_event_detail, values)
                 conn.executemany(AGGREGATE_UPSERT, aggregate_rows(rows))
                 newest = int(rows["timestamp"].max())
                 self._newest_ts = newest if self._newest_ts is None else max(self._newest_ts, newest)
@@ -512,8 +348,9 @@ class Writer:
     # ---- helpers -------------------------------------------------------------------
 
     def _event_sql(self, *, with_detail: bool) -> str:
-        cols = list(ROW_COLUMNS) + (["detail"] if with_detail else [])
-        marks = ", ".join("?" * len(cols))
+        # id 0 binds as NULL, so SQLite assigns the rowid; rows bind as they lie in memory.
+        cols = list(EVENT_ROW_COLUMNS) + (["detail"] if with_detail else [])
+        marks = ", ".join(["NULLIF(?, 0)"] + ["?"] * (len(cols) - 1))
         return f"INSERT INTO events({', '.join(cols)}, session_id) VALUES ({marks}, {int(self.session_id)})"
 
     def _insert_session(self, conn: sqlite3.Connection, facts: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from whyprobe.record.details import drops_where
 from whyprobe.record.session import Snapshot
 from whyprobe.units import fmt_ns
 
@@ -32,8 +33,15 @@ def render_snapshot(snap: Snapshot, out: str) -> Group:
         table.add_row(op.name, f"{op.count:,}", f"{op.rate:,.0f}", _latency(op.p50_ns), _latency(op.p99_ns), f"{op.errors:,}" if op.errors else "")
     if not snap.ops:
         table.add_row("[dim]waiting for events[/dim]", "", "", "", "", "")
-    dropped = sum(snap.drops.values())
-    drops = Text(f"drops: ring {snap.drops.get('ring', 0):,}  rate {snap.drops.get('rate', 0):,}  queue {snap.drops.get('queue', 0):,}", style="red" if dropped else "green")
+    d = snap.drops
+    dropped = sum(d.get(k, 0) for k in ("ring", "rate", "queue"))
+    line = f"events dropped: ring {d.get('ring', 0):,}  rate {d.get('rate', 0):,}  queue {d.get('queue', 0):,}"
+    where = drops_where(d.get("by_family", {}), d.get("by_cpu", {}), "events")
+    line += f" ({where})" if where else ""
+    drops = Text(line, style="red" if dropped else "green")
+    if d.get("payload", 0):
+        where = drops_where(d.get("by_family", {}), d.get("by_cpu", {}), "payloads")
+        drops.append(f"\npayloads lost: {d['payload']:,} ({where}); {d.get('details_lost', 0):,} events stored without detail", style="yellow")
     targets = ", ".join(map(str, snap.targets[:10])) + (" …" if len(snap.targets) > 10 else "")
     status = Text(f"elapsed {snap.elapsed_s:,.1f} s   events {snap.events:,}   targets {targets or 'all'}   (Ctrl-C to stop)")
     return Group(table, drops, status)

@@ -68,6 +68,7 @@ def record(
     """run_scenario, returning the facts of the run (pids, CPU, counts) for tests and recordings."""
     from whyprobe import probes as registry
     from whyprobe.probes.base import TargetSpec
+    from whyprobe.record.capture import announce_ready
     from whyprobe.record.session import TraceOptions, TraceSession
     from whyprobe.ui.live import LiveView
 
@@ -101,8 +102,10 @@ def record(
             stop = threading.Event()
             try:
                 workload.release(proc)
-                with _stop_on_interrupt(stop), LiveView(session.snapshot, str(out), console):
-                    session.run(lambda: proc.poll() is not None or time.monotonic() > deadline, stop)
+                with _stop_on_interrupt(stop):
+                    announce_ready()  # once Ctrl-C ends the run cleanly
+                    with LiveView(session.snapshot, str(out), console):
+                        session.run(lambda: proc.poll() is not None or time.monotonic() > deadline, stop)
                 if not console.is_terminal:  # rich leaves the last frame of a non-terminal Live unterminated
                     console.line()
             finally:

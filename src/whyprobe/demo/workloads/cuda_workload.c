@@ -106,6 +106,18 @@ static int c_cu_malloc_flags(void *fn, const struct params *p) { uint64_t d; ret
 static int c_cu_free(void *fn, const struct params *p) { (void)p; return CALL(int (*)(uint64_t), (uint64_t)DEV); }
 static int c_cu_memmap(void *fn, const struct params *p) { return CALL(int (*)(uint64_t, size_t, size_t, uint64_t, unsigned long long), (uint64_t)DEV, p->size, 0, 1, 0); }
 static int c_cu_memcreate(void *fn, const struct params *p) { uint64_t h; return CALL(int (*)(uint64_t *, size_t, const void *, unsigned long long), &h, p->size, NULL, 0); }
+static void *lib;
+static int c_get_kernel(void *fn, const struct params *p) { void *h; (void)p; return CALL(int (*)(void **, const void *), &h, (void *)fake_kernel); }
+static int c_cu_get(void *fn, const struct params *p) { void *h; (void)p; return CALL(int (*)(void **, void *, const char *), &h, DEV, "standin_kernel"); }
+/* A CUkernel to derive from, made by the stand-in's unprobed helper so the plan's call counts stay exact. */
+static int c_cu_kernel_function(void *fn, const struct params *p)
+{
+	void *(*make)(const char *) = (void *(*)(const char *))dlsym(lib, "standin_kernel");
+	void *f;
+
+	(void)p;
+	return CALL(int (*)(void **, void *), &f, make ? make("standin_kernel") : DEV);
+}
 
 static const struct { const char *name; caller_fn call; } CALLERS[] = {
 	{ "cudaMalloc", c_malloc }, { "cudaMallocAsync", c_malloc_async }, { "cudaMallocManaged", c_malloc_flags },
@@ -116,14 +128,16 @@ static const struct { const char *name; caller_fn call; } CALLERS[] = {
 	{ "cudaMemcpyPeer", c_peer }, { "cudaMemcpyPeerAsync", c_peer_async }, { "cudaMemset", c_memset },
 	{ "cudaMemsetAsync", c_memset_async }, { "cudaStreamSynchronize", c_stream }, { "cudaDeviceSynchronize", c_void },
 	{ "cudaEventSynchronize", c_ptr }, { "cudaStreamWaitEvent", c_stream_wait }, { "cudaEventQuery", c_ptr },
-	{ "cudaStreamQuery", c_stream }, { "standin_empty", c_void },
+	{ "cudaStreamQuery", c_stream }, { "cudaGetKernel", c_get_kernel }, { "__cudaGetKernel", c_get_kernel },
+	{ "standin_empty", c_void },
 	{ "cuLaunchKernel", c_cu_launch }, { "cuLaunchKernelEx", c_launch_cfg }, { "cuGraphLaunch", c_ptr_stream },
 	{ "cuMemcpyHtoD_v2", c_cu_copy }, { "cuMemcpyDtoH_v2", c_cu_copy }, { "cuMemcpyDtoD_v2", c_cu_copy },
 	{ "cuMemcpyHtoDAsync_v2", c_cu_copy_async }, { "cuMemcpyDtoHAsync_v2", c_cu_copy_async },
 	{ "cuMemcpyDtoDAsync_v2", c_cu_copy_async }, { "cuMemAlloc_v2", c_cu_malloc }, { "cuMemAllocAsync", c_cu_malloc_async },
 	{ "cuMemAllocManaged", c_cu_malloc_flags }, { "cuMemFree_v2", c_cu_free }, { "cuCtxSynchronize", c_void },
 	{ "cuStreamSynchronize", c_stream }, { "cuEventSynchronize", c_ptr }, { "cuMemMap", c_cu_memmap },
-	{ "cuMemCreate", c_cu_memcreate },
+	{ "cuMemCreate", c_cu_memcreate }, { "cuModuleGetFunction", c_cu_get }, { "cuLibraryGetKernel", c_cu_get },
+	{ "cuKernelGetFunction", c_cu_kernel_function },
 };
 
 struct step {
@@ -206,7 +220,6 @@ int main(int argc, char **argv)
 {
 	int opt, threads = 1, wait = 0;
 	pthread_t tids[64];
-	void *lib;
 
 	long long t0;
 

@@ -227,6 +227,33 @@ VARIANTS(cudaError_t, cudaStreamWaitEvent, _ptsz, (cudaStream_t s, cudaEvent_t e
 API cudaError_t cudaEventQuery(cudaEvent_t e) { (void)e; return busy_until > now_ns() ? 600 : 0; }
 VARIANTS(cudaError_t, cudaStreamQuery, _ptsz, (cudaStream_t s), (s)) { (void)s; return busy_until > now_ns() ? 600 : 0; }
 /* An empty function for the overhead bench: the cost of a bare probe pair. */
+/* CUDA 13 launch stubs ask for a cudaKernel_t per host stub and launch that:
+ * an opaque handle per stub, as a runtime with a driver may return. */
+#define STANDIN_MAX_STUBS 64
+static const void *stubs[STANDIN_MAX_STUBS];
+static int nstubs;
+static pthread_mutex_t stubs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static cudaError_t get_kernel(void **handle, const void *stub)
+{
+	int i;
+
+	if (!handle || !stub)
+		return 1; /* cudaErrorInvalidValue */
+	pthread_mutex_lock(&stubs_lock);
+	for (i = 0; i < nstubs && stubs[i] != stub; i++)
+		;
+	if (i == nstubs && nstubs < STANDIN_MAX_STUBS)
+		stubs[nstubs++] = stub;
+	pthread_mutex_unlock(&stubs_lock);
+	if (i == STANDIN_MAX_STUBS)
+		return 2; /* cudaErrorMemoryAllocation */
+	*handle = (void *)&stubs[i];
+	return 0;
+}
+API cudaError_t cudaGetKernel(void **handle, const void *stub) { return get_kernel(handle, stub); }
+API cudaError_t __cudaGetKernel(void **handle, const void *stub) { return get_kernel(handle, stub); }
+
 API int standin_empty(void) { return 0; }
 #endif /* STANDIN_RUNTIME */
 
@@ -266,4 +293,67 @@ VARIANTS(CUresult, cuStreamSynchronize, _ptsz, (CUstream s), (s)) { (void)s; ret
 API CUresult cuEventSynchronize(void *e) { (void)e; return synchronize(); }
 API CUresult cuMemMap(CUdeviceptr p, size_t n, size_t off, uint64_t h, unsigned long long f) { (void)p; (void)n; (void)off; (void)h; (void)f; return 0; }
 API CUresult cuMemCreate(uint64_t *h, size_t n, const void *prop, unsigned long long f) { (void)prop; (void)f; *h = devptr(n); return 0; }
+
+/* Kernel handles by name, as a loaded module or library hands them out: an
+ * opaque pointer per (name, kind), stable for the life of the process. Kind
+ * 0 = CUfunction of a module, 1 = CUkernel of a library, 2 = the CUfunction
+ * cuKernelGetFunction derives from a CUkernel (a different handle, same name). */
+#define STANDIN_MAX_KERNELS 64
+struct standin_kernel {
+	char name[256];
+	int kind;
+};
+static struct standin_kernel kernels[STANDIN_MAX_KERNELS];
+static int nkernels;
+static pthread_mutex_t kernels_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct standin_kernel *kernel_handle(const char *name, int kind)
+{
+	struct standin_kernel *k = NULL;
+
+	if (!name || !*name || strlen(name) >= sizeof(kernels[0].name))
+		return NULL;
+	pthread_mutex_lock(&kernels_lock);
+	for (int i = 0; i < nkernels && !k; i++)
+		if (kernels[i].kind == kind && !strcmp(kernels[i].name, name))
+			k = &kernels[i];
+	if (!k && nkernels < STANDIN_MAX_KERNELS) {
+		k = &kernels[nkernels++];
+		strcpy(k->name, name);
+		k->kind = kind;
+	}
+	pthread_mutex_unlock(&kernels_lock);
+	return k;
+}
+
+/* Not a driver API: lets a test driver make a CUkernel without a (probed) lookup. */
+API void *standin_kernel(const char *name) { return kernel_handle(name, 1); }
+
+#define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_NOT_FOUND 500
+API CUresult cuModuleGetFunction(void **f, void *mod, const char *name)
+{
+	(void)mod;
+	if (!f)
+		return CUDA_ERROR_INVALID_VALUE;
+	*f = kernel_handle(name, 0);
+	return *f ? 0 : CUDA_ERROR_NOT_FOUND;
+}
+API CUresult cuLibraryGetKernel(void **k, void *lib, const char *name)
+{
+	(void)lib;
+	if (!k)
+		return CUDA_ERROR_INVALID_VALUE;
+	*k = kernel_handle(name, 1);
+	return *k ? 0 : CUDA_ERROR_NOT_FOUND;
+}
+API CUresult cuKernelGetFunction(void **f, void *kernel)
+{
+	struct standin_kernel *k = kernel;
+
+	if (!f || !k || k < kernels || k >= kernels + STANDIN_MAX_KERNELS || k->kind != 1)
+		return CUDA_ERROR_INVALID_VALUE;
+	*f = kernel_handle(k->name, 2);
+	return *f ? 0 : CUDA_ERROR_NOT_FOUND;
+}
 #endif /* STANDIN_DRIVER */

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from whyprobe.analyze.explain import explain
+from whyprobe.analyze.offcpu import SCHED_SWITCH
+from whyprobe.analyze.stats import summarize, trace_labels
 from whyprobe.errors import WhyprobeError
 from whyprobe.events import Source, op_name
 from whyprobe.store.reader import TraceDB
@@ -21,7 +24,6 @@ from whyprobe.store.reader import TraceDB
 LANES = ("cuda", "offcpu", "io", "other")
 _CUDA_SOURCES = (int(Source.CUDA), int(Source.DRIVER))
 _IO_SOURCES = (int(Source.IO), int(Source.TCP), int(Source.NET), int(Source.SYSCALL))
-_SCHED_SWITCH = (int(Source.HOST), 1)
 
 MAX_THREADS = 48
 MAX_TIMELINE_LIMIT = 20_000
@@ -34,7 +36,7 @@ MAX_LISTED = 200  # processes / threads in the summary; the totals stay exact
 def lane_of(source: int, op: int) -> str:
     if source in _CUDA_SOURCES:
         return "cuda"
-    if (source, op) == _SCHED_SWITCH:
+    if (source, op) == SCHED_SWITCH:
         return "offcpu"
     if source in _IO_SOURCES:
         return "io"
@@ -92,7 +94,7 @@ def summary(db: TraceDB) -> dict[str, Any]:
         f" SUM(CASE WHEN source IN {_CUDA_SOURCES} THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN source = ? AND op = ? THEN duration ELSE 0 END)"
         " FROM events GROUP BY tid, pid ORDER BY 4 DESC, 3 DESC",
-        _SCHED_SWITCH,
+        SCHED_SWITCH,
     ).fetchall()
     threads = [
         {"tid": int(t), "pid": int(p), "comm": thread_comms.get(int(t)) or procs.get(int(p), ""), "events": int(n), "cuda_calls": int(c), "offcpu_ns": int(off)}
@@ -204,78 +206,40 @@ def timeline(db: TraceDB, start_ns: int | None = None, end_ns: int | None = None
 
 
 def histograms(db: TraceDB) -> dict[str, Any]:
-    """Per-op log2 latency histograms: bucket k counts durations in [2**k, 2**(k+1)) ns (k=0 also holds 0)."""
-    rows = db.conn.execute("SELECT source, op, COALESCE(duration, 0) FROM events").fetchall()
-    db_ops = db.op_names()
+    """Per-op statistics (analyze/stats.py, as `stats` reports them) with log2 latency histograms:
+    bucket k counts durations in [2**k, 2**(k+1)) ns (k=0 also holds 0)."""
+    cols = db.load_arrays(("source", "op", "duration", "ret_code"))
+    source, op, duration = cols["source"], cols["op"], cols["duration"]
     out = []
-    if rows:
-        data = np.array(rows, dtype=np.int64)
-        for s, o in np.unique(data[:, :2], axis=0).tolist():
-            dur = np.sort(data[(data[:, 0] == s) & (data[:, 1] == o), 2])
-            k = np.floor(np.log2(np.maximum(dur, 1))).astype(np.int64)
-            lo, hi = int(k.min()), int(k.max())
-            counts = np.bincount(k - lo, minlength=hi - lo + 1)
-            out.append(
-                {
-                    "source": int(s),
-                    "op": int(o),
-                    "name": _op_label(db_ops, int(s), int(o)),
-                    "lane": lane_of(int(s), int(o)),
-                    "count": int(len(dur)),
-                    "p50_ns": int(np.percentile(dur, 50)),
-                    "p99_ns": int(np.percentile(dur, 99)),
-                    "max_ns": int(dur[-1]),
-                    "total_ns": int(dur.sum()),
-                    "buckets": [{"lo_ns": 1 << (lo + j), "hi_ns": 1 << (lo + j + 1), "count": int(c)} for j, c in enumerate(counts.tolist())],
-                }
-            )
+    for st in summarize(source, op, duration, cols["ret_code"], trace_labels(db)):
+        s, o = st["source_id"], st["op_id"]
+        k = np.floor(np.log2(np.maximum(duration[(source == s) & (op == o)], 1))).astype(np.int64)
+        lo, hi = int(k.min()), int(k.max())
+        counts = np.bincount(k - lo, minlength=hi - lo + 1)
+        out.append(
+            {
+                "source": s, "op": o, "name": st["op"], "lane": lane_of(s, o),
+                **{key: st[key] for key in ("count", "p50_ns", "p99_ns", "max_ns", "total_ns", "errors")},
+                "buckets": [{"lo_ns": 1 << (lo + j), "hi_ns": 1 << (lo + j + 1), "count": int(c)} for j, c in enumerate(counts.tolist())],
+            }
+        )
     out.sort(key=lambda h: (LANES.index(h["lane"]), -h["total_ns"]))
     return {"histograms": out}
 
 
-def _stored_findings(db: TraceDB) -> list[dict[str, Any]]:
-    """The latest row of each finding in the `findings` table, as explain --json shaped dicts."""
-    rows = db.conn.execute(
-        "SELECT kind, severity, op, tid, lost_ns, summary, body FROM findings f"
-        " WHERE created_at = (SELECT MAX(created_at) FROM findings g WHERE g.finding_key = f.finding_key)"
-        " ORDER BY lost_ns DESC, id"
-    ).fetchall()
-    out = []
-    for kind, severity, op, tid, lost_ns, text, body in rows:
-        try:
-            finding = json.loads(body)
-        except ValueError:
-            finding = {}
-        if not isinstance(finding, dict):
-            finding = {}
-        for key, value in (("kind", kind), ("severity", severity), ("op", op), ("tid", tid), ("lost_ns", lost_ns), ("summary", text)):
-            finding.setdefault(key, value)
-        out.append(finding)
-    return out
-
-
 def findings(db: TraceDB) -> dict[str, Any]:
-    """explain(db) when the analysis engine is importable, else the stored `findings` rows."""
+    """What `explain` finds in the trace (the same document as `explain --json`)."""
     try:
-        from whyprobe.analyze.explain import explain
-    except ImportError:
-        explain = None
-    if explain is not None:
-        try:
-            report = explain(db, min_severity="low")
-        except WhyprobeError as exc:
-            return {"source": "none", "findings": [], "note": f"explain failed: {exc}"}
-        return {
-            "source": "explain",
-            "findings": list(report.get("findings", [])),
-            "complete": report.get("complete", True),
-            "dropped_events": report.get("dropped_events", 0),
-            "note": "" if report.get("findings") else "explain found no latency tails or GPU gaps in this trace",
-        }
-    if db.has("findings"):
-        stored = _stored_findings(db)
-        return {"source": "stored", "findings": stored, "note": "stored findings from an earlier explain run (the analysis engine is not available)"}
-    return {"source": "none", "findings": [], "note": "no findings: the analysis engine is not available and the database stores none"}
+        report = explain(db, min_severity="low")
+    except WhyprobeError as exc:
+        return {"source": "none", "findings": [], "note": f"explain failed: {exc}"}
+    return {
+        "source": "explain",
+        "findings": list(report.get("findings", [])),
+        "complete": report.get("complete", True),
+        "dropped_events": report.get("dropped_events", 0),
+        "note": "" if report.get("findings") else "explain found no latency tails or GPU gaps in this trace",
+    }
 
 
 def _json_list(text: Any) -> list:

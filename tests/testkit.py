@@ -1,0 +1,45 @@
+"""Helpers shared by tests/unit, tests/kernel and tests/e2e (importable as `testkit`: pytest puts
+tests/, where the root conftest.py lives, on sys.path)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+
+from whyprobe.record.capture import READY_LINE
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_ready(proc: subprocess.Popen, timeout: float = 60.0) -> list[str]:
+    """Block until `proc` (trace, spy, footprint or a live demo, stderr=PIPE) prints READY_LINE.
+
+    Returns the stderr lines before it; the rest of stderr is left for communicate().
+    A process that exits or stays silent past `timeout` fails the test with what it said.
+    """
+    before: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            if line.rstrip("\n") == READY_LINE:
+                ready.set()
+                return
+            before.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not ready.is_set():
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(5)
+        raise AssertionError(f"not ready within {timeout:g} s (exit status {proc.wait()}): {''.join(before)[-2000:]}")
+    return before
