@@ -176,7 +176,8 @@ class StorageConfig(_Section):
     precision_ms: PrecisionMs = Field(0, description="Round stored event timestamps down to this many ms; 0 keeps ns. Durations stay exact.")
     max_events_per_second: int = Field(0, ge=0, description="Keep at most this many events/s (counted as rate drops); 0 = no cap.")
     max_db_mb: Megabytes = Field(0, description="Prune oldest events beyond this database size (MiB); 0 = no limit.")
-    ring_size: Bytes = Field("64MiB", description=f"Kernel ring buffer size: {SIZE_FORM}, a power of two.")
+    # The one default: `trace` without --config and without this key uses it too.
+    ring_size: Bytes = Field("16MiB", description=f"Kernel ring buffer size: {SIZE_FORM}, a power of two.")
 
     @model_validator(mode="after")
     def _check(self) -> "StorageConfig":

@@ -15,6 +15,13 @@ class CommandError(WhyprobeError):
         self.exit_code = exit_code
 
 
+class UsageError(CommandError):
+    """A malformed value on the command line (duration, size, time): exit 2 with the usage hint."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
 class StoreError(WhyprobeError):
     """A database is missing, corrupt, of an unknown version, or not a trace."""
 

@@ -28,7 +28,7 @@ def test_no_file_and_empty_file_are_the_defaults(tmp_path: Path) -> None:
     assert load_config(None) == Config()
     assert load_config(empty) == Config()
     defaults = Config()
-    assert defaults.storage.ring_size == 64 * 2**20
+    assert defaults.storage.ring_size == 16 * 2**20  # the same default as `trace` without --config
     assert defaults.security.bind == "127.0.0.1:8755"
     assert defaults.security.max_rows == 1000
     assert defaults.security.rate_limit_per_second == 100

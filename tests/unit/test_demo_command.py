@@ -68,7 +68,7 @@ def test_replay_flag_replays_even_with_privileges(capsys, tmp_path, monkeypatch)
     monkeypatch.setattr(scenarios, "tracing_unavailable", lambda: pytest.fail("--replay must not probe the kernel"))
     assert main(["demo", "sync-wait", "--replay", "--out", str(tmp_path / "s.db")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("No eBPF here (--replay asked for it): replaying a recording of sync-wait made on ")
+    assert out.startswith("Replaying as asked (--replay): a recording of sync-wait made on ")
     assert f"Expected {scenarios.get('sync-wait').expect}: found." in out
 
 

@@ -65,7 +65,7 @@ def test_bad_database_is_one_line_and_exit_1(tmp_path, capsys):
 
 def test_bad_bounds_say_how_to_fix(tmp_path, capsys):
     db = _spread_db(tmp_path)
-    assert main(["explain", str(db), "--since", "10"]) == 1
+    assert main(["explain", str(db), "--since", "10"]) == 2  # a malformed value is a usage error
     assert "add a unit, e.g. 10s" in capsys.readouterr().err
     assert main(["explain", str(db), "--since", "20s", "--until", "10s"]) == 1
     assert "--until must be after --since" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path: Path, capsys) -> No
         (["export", str(db), "--perfetto", str(blocker / "o.pftrace")], f"whyprobe: No such directory: {blocker} (create it or choose another output path)\n"),
         (["export", str(db), "--chrome", str(blocker)], f"whyprobe: File exists, will not overwrite without --force: {blocker}\n"),
         (["export", str(db)], "whyprobe: give exactly one of --perfetto, --chrome, --otlp, --parquet or --duckdb\n"),
-        (["export", str(db), "--chrome", "x.json", "--min-duration", "soon"], "whyprobe: --min-duration 'soon': expected a duration like 30s, 250ms, 5m or 1h\n"),
+        (["export", str(db), "--chrome", "x.json", "--min-duration", "soon"], "whyprobe: --min-duration 'soon': expected a duration like 30s, 250ms, 5m or 1h. Try 'whyprobe export --help'.\n"),
     ]
     for argv, message in cases:
         assert main(argv) != 0

@@ -147,3 +147,10 @@ def test_elf_symbols_resolve_libc_functions() -> None:
     addr = syms.addrs[syms.entries.index(next(e for e in syms.entries if e[2] == "getppid"))]
     assert syms.lookup(addr) == "getppid"
     assert syms.lookup(addr + 1) == "getppid"
+
+
+def test_a_line_table_cut_short_gives_no_line_not_an_error() -> None:
+    # GIVEN a 3.11+ table read from a live process whose code object was freed meanwhile:
+    # a long-form entry (code 14) whose varints are missing
+    assert line_for(311, bytes([0xF0]), 10, 0) is None
+    assert line_for(312, bytes([0xF0, 0x41]), 10, 0) is None

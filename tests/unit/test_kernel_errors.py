@@ -52,6 +52,20 @@ def test_non_elf_file_is_one_clear_error(tmp_path) -> None:
         function_offsets(bad)
 
 
+def test_libbpf_log_goes_through_logging_not_raw_stderr(tmp_path, caplog, capfd) -> None:
+    # GIVEN a file libbpf cannot read as an object WHEN it is opened
+    import logging
+
+    bad = tmp_path / "bad.bpf.o"
+    bad.write_bytes(b"garbage")
+    with caplog.at_level(logging.DEBUG, logger="whyprobe.libbpf"):
+        with pytest.raises(BpfError):
+            BpfObject(bad)
+    # THEN libbpf's complaint is a WARNING of whyprobe.libbpf (shown with -v), and nothing raw reached stderr
+    assert any(r.levelno == logging.WARNING and "is not a proper ELF object" in r.getMessage() for r in caplog.records)
+    assert "libbpf:" not in capfd.readouterr().err
+
+
 def test_a_failing_bulk_select_is_a_store_error_with_a_sentence(tmp_path) -> None:
     import sqlite3
 

@@ -138,3 +138,15 @@ def test_copy_of_shared_db_unchanged_by_query(shared_data: Path, tmp_path: Path)
     before = digest(db)
     assert main(["query", str(db), "SELECT COUNT(*) FROM events"]) == 0
     assert digest(db) == before
+
+
+@pytest.mark.parametrize(
+    "sql, near",
+    [("SELEC 1", "SELEC"), ("SELECT COUNT(* FROM events", "FROM"), ("DELETE FROM", "incomplete input")],
+)
+def test_a_typo_reports_the_syntax_error_not_a_refusal(trace: Path, sql: str, near: str, capsys: pytest.CaptureFixture) -> None:
+    # GIVEN a statement that does not parse WHEN it is run THEN the user learns where it broke
+    assert main(["query", str(trace), sql]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("whyprobe: SQL syntax error: ") and near in err and err.count("\n") == 1
+    assert "only SELECT" not in err

@@ -103,7 +103,7 @@ def test_stacks_tool_equals_engine_and_counts(shared_data: Path, capsys: pytest.
     assert main(["stacks", str(db), "--op", "cudaLaunchKernel", "--json", "--limit", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["op"] == "cudaLaunchKernel" and out[0]["count"] == 16
-    assert main(["stacks", str(db), "--op", "nope"]) == 1
+    assert main(["stacks", str(db), "--op", "nope"]) == 2  # an unknown op is a usage error
 
 
 def test_off_cpu_events_totals_match_sql(shared_data: Path) -> None:

@@ -45,6 +45,33 @@ def parse_frames(raw: str | None) -> list[dict[str, Any]]:
     return out
 
 
+def _is_eval_loop(frame: dict[str, Any]) -> bool:
+    return not frame.get("py") and str(frame.get("s") or "").startswith("_PyEval_EvalFrame")
+
+
+def root_first(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One call path, outermost frame first, for a flame graph.
+
+    Stored stacks hold the Python frames (innermost first) and then the native
+    ones (innermost first). A flame graph needs them interleaved: the
+    interpreter's native frames down to its eval loop, the Python frames where
+    the eval loop runs them, then the native frames below the last Python call
+    (e.g. ctypes, then cudaMalloc). One eval-loop frame can run several Python
+    frames (3.11+ inlines calls), so all the Python frames replace the span of
+    eval-loop frames as a whole; native frames inside that span (C functions
+    calling back into Python) cannot be placed between them and are left out.
+    When the native unwind stopped before the eval loop, the Python frames are
+    the root and the native frames hang below them."""
+    python = [f for f in frames if f.get("py")][::-1]
+    native = [f for f in frames if not f.get("py")][::-1]
+    if not python:
+        return native
+    evals = [i for i, f in enumerate(native) if _is_eval_loop(f)]
+    if not evals:
+        return python + native
+    return native[: evals[0]] + python + native[evals[-1] + 1 :]
+
+
 def _op_filter(db: TraceDB, op: str | None) -> tuple[str, tuple]:
     if op is None:
         return "", ()
@@ -119,7 +146,7 @@ def folded(db: TraceDB, op: str | None = None) -> str:
     names = db.op_names()
     counts: dict[str, int] = {}
     for _hash, source, op_id, count, _total, frames in _grouped(db, op):
-        path = [frame_label(f).replace(";", ":") for f in reversed(parse_frames(frames))]
+        path = [frame_label(f).replace(";", ":") for f in root_first(parse_frames(frames))]
         path.append(names.get((source, op_id), f"{source}:{op_id}"))
         key = ";".join(p.replace(" ", "_") for p in path)
         counts[key] = counts.get(key, 0) + count

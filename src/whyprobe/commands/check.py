@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
 
         Exit code 0 only if tracing can work here.
 
+        \b
           sudo whyprobe check
           sudo whyprobe check --json | jq .kernel.capabilities
         """

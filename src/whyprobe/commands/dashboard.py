@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
         bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on (loopback unless --allow-remote)."),
         allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --bind: anyone who can reach it reads the trace."),
     ) -> None:
-        """Local web page: timeline per thread, per-op latency histograms, findings, MCP tool calls."""
+        """Local web page: timeline per thread, per-op latency histograms, findings, MCP tool calls.
+
+        \b
+          whyprobe dashboard t.db --port 8756      # then open http://127.0.0.1:8756/
+        """
         from whyprobe.server.security import is_loopback
         from whyprobe.store.reader import open_trace
         from whyprobe.ui.dashboard.server import make_server

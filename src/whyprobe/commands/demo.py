@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from whyprobe.errors import CommandError, WhyprobeError
+from whyprobe.errors import CommandError, UsageError, WhyprobeError
 
 
 def _default_out(name: str) -> Path:
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         try:
             seconds = parse_duration_ns(duration) / 1e9
         except UnitError as exc:
-            raise CommandError(f"--duration {duration!r}: {exc}", 2) from None
+            raise UsageError(f"--duration {duration!r}: {exc}") from None
         if not 0.5 <= seconds <= 600:
             raise CommandError(f"--duration {duration}: use between 500ms and 10m")
         path = out if out is not None else _default_out(sc.name)
@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
                 _run_live(sc, path, seconds, overwrite)
             else:
                 scenarios.run_replay(sc.name, path, force=overwrite)
-                print(f"No eBPF here ({reason}): replaying a recording of {sc.name} made on {scenarios.origin(path)}")
+                why = "Replaying as asked (--replay):" if replay else f"No eBPF here ({reason}): replaying"
+                print(f"{why} a recording of {sc.name} made on {scenarios.origin(path)}")
                 print(f"Wrote {path} (replay of a recorded run)")
         except CommandError:
             raise

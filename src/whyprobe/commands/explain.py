@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from whyprobe.errors import CommandError
+from whyprobe.commands.common import check_op
+from whyprobe.errors import CommandError, UsageError
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _OFFSET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
@@ -26,15 +27,23 @@ def resolve_bound(text: str | None, first_ns: int, option: str) -> int | None:
     if text.strip().isdigit():
         value = int(text)
         if value < _RAW_NS_MIN:
-            raise CommandError(f"{option} {text}: a bare number is read as unix ns; for an offset into the trace add a unit, e.g. {text}s")
+            raise UsageError(f"{option} {text}: a bare number is read as unix ns; for an offset into the trace add a unit, e.g. {text}s")
         return value
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise CommandError(
+        raise UsageError(
             f"{option} {text!r}: expected an offset into the trace (10s, 500ms, 2m), an ISO time (2026-03-20T14:06:20) or unix ns"
         ) from None
     return int(round(when.timestamp() * 1e9)) if when.tzinfo else int(round(when.astimezone().timestamp() * 1e9))
+
+
+def _check_window(since: str | None, until: str | None, since_ns: int | None, until_ns: int | None, first: int, last: int) -> None:
+    """A window that misses the trace would report "no findings" about time nothing was recorded in."""
+    outside = (since_ns is not None and since_ns >= last) or (until_ns is not None and until_ns <= first)
+    if outside and last > first:
+        asked = " ".join(part for part in (f"--since {since}" if since else "", f"--until {until}" if until else "") if part)
+        raise CommandError(f"{asked} is outside the trace, which covers 0s .. {(last - first) / 1e9:.1f}s (from its first event)")
 
 
 def register(app: typer.Typer) -> None:
@@ -51,8 +60,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Why calls were slow and the GPU idle: kernel evidence, blockers and fixes.
 
+        \b
           whyprobe explain t.db
-          whyprobe explain t.db --since 10s --until 20s --json
+          whyprobe explain t.db --since 500ms --until 1500ms --json
           whyprobe explain t.db --op cudaLaunchKernel --min-severity medium
         """
         from whyprobe.analyze.explain import explain, store_findings
@@ -63,12 +73,15 @@ def register(app: typer.Typer) -> None:
         if min_severity not in ("low", "medium", "high"):
             raise CommandError(f"--min-severity {min_severity!r}: use low, medium or high")
         with open_trace(db) as trace:
-            row = trace.conn.execute("SELECT MIN(timestamp) FROM events").fetchone()
+            check_op(op, trace, "gpu_idle")
+            row = trace.conn.execute("SELECT MIN(timestamp), MAX(timestamp + MAX(duration, 0)) FROM events").fetchone()
             first = int(row[0]) if row and row[0] is not None else 0
+            last = int(row[1]) if row and row[1] is not None else 0
             since_ns = resolve_bound(since, first, "--since")
             until_ns = resolve_bound(until, first, "--until")
             if since_ns is not None and until_ns is not None and until_ns <= since_ns:
                 raise CommandError(f"--until must be after --since (got {since} .. {until})")
+            _check_window(since, until, since_ns, until_ns, first, last)
             doc = explain(trace, since_ns=since_ns, until_ns=until_ns, pid=pid, op=op, min_severity=min_severity)
             flavor = trace.flavor
         if json_out:

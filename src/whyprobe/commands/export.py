@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from whyprobe.errors import CommandError
+from whyprobe.errors import CommandError, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
         \b
           whyprobe export t.db --perfetto t.pftrace
-          whyprobe export t.db --otlp http://127.0.0.1:4318 --min-duration 1ms
+          whyprobe export t.db --otlp http://127.0.0.1:4318 --min-duration 1ms  # not run here: needs an OTLP collector
           whyprobe export t.db --parquet fleet-parquet/
         """
         from whyprobe.store.reader import open_trace
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
             try:
                 min_ns = parse_duration_ns(min_duration, bare_unit="ms")
             except UnitError as exc:
-                raise CommandError(f"--min-duration {min_duration!r}: {exc}", exit_code=2) from None
+                raise UsageError(f"--min-duration {min_duration!r}: {exc}") from None
         out = next(v for v in (perfetto, chrome, parquet, duckdb) if v is not None) if otlp is None else None
         if out is not None:
             from whyprobe.export.files import check_target

@@ -20,7 +20,7 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes
+from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 
@@ -81,7 +81,8 @@ def _footprint(out: Path, pids: list[int], args: list[str], seconds, cap: int, t
     families = [ProcFamily(), SchedFamily(), SyscallsFamily(emit_all=True), BlockFamily(), CudaFamily([]), recorder]
     options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
     try:
-        result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)
+        with stdout_to_stderr(json_out):
+            result = capture(out, families, TargetSpec(pids=pids), options, args, seconds)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
     calls = fp.analyze_and_store(out, {cid: c.handler_tid for cid, c in recorder.calls})

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert an Ingero database (explain/stats/query also read Ingero files directly).
 
+        \b
           whyprobe import-ingero ingero.db --out trace.db
           whyprobe explain trace.db
         """

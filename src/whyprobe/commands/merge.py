@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         """Merge per-node databases: every event gets its node; timestamps go onto one clock.
         Findings, MCP messages, tool calls and audit rows are kept, with their node.
 
+        \b
           whyprobe merge node-01.db node-02.db node-03.db --out fleet.db
           whyprobe query fleet.db "SELECT node, COUNT(*) FROM events GROUP BY node"
         """

@@ -27,8 +27,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run one read-only SQL query (writes are refused by SQLite itself).
 
+        \b
           whyprobe query t.db "SELECT comm, syscall, COUNT(*) AS n FROM host_events GROUP BY 1, 2 ORDER BY n DESC"
-          whyprobe query --nodes gpu1:8755,gpu2:8755 "SELECT COUNT(*) FROM events"
+          whyprobe query --nodes gpu1:8755,gpu2:8755 "SELECT COUNT(*) FROM events"  # not run here: needs mcp --http servers on gpu1, gpu2
         """
         from whyprobe.reporters.query import render_csv, render_json, render_table
 

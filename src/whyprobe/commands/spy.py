@@ -16,16 +16,19 @@ from typing import List, Optional
 import typer
 
 from whyprobe.errors import CommandError
-from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes
+from whyprobe.commands.common import check_targets, duration_s, message_cap, payload_ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 
 def tool_flags(snapshots: list) -> list[dict]:
-    """Tools whose description or schema text matches a prompt-injection pattern, with evidence."""
-    return [
-        {"server": s.server, "tool_name": s.tool_name, "flags": [f.to_dict() for f in s.flags]}
-        for s in snapshots if s.flags
-    ]
+    """Tools whose description or schema text matches a prompt-injection pattern, with evidence:
+    one entry per (server, tool), each finding once however often tools/list returned it."""
+    tools: dict[tuple[str, str], dict[tuple, dict]] = {}
+    for s in snapshots:
+        for f in s.flags:
+            d = f.to_dict()
+            tools.setdefault((s.server, s.tool_name), {}).setdefault(tuple(sorted((k, str(v)) for k, v in d.items())), d)
+    return [{"server": server, "tool_name": name, "flags": list(flags.values())} for (server, name), flags in tools.items()]
 
 
 def report_tools(console, drifts: list, flagged: list[dict]) -> None:
@@ -113,7 +116,8 @@ def _spy(out, jsonl, cap, seconds, baseline, pairs, tls, quiet, json_out, pids, 
     db = out if out is not None else scratch_db()
     options = TraceOptions(payload_ring_bytes=payload_ring_bytes(cap), session_fields={"argv": session_argv()})
     try:
-        result = capture(db, [ProcFamily(), recorder], TargetSpec(pids=pids), options, args, seconds, until_idle=not auto)
+        with stdout_to_stderr(json_out):
+            result = capture(db, [ProcFamily(), recorder], TargetSpec(pids=pids), options, args, seconds, until_idle=not auto)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
     finally:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from whyprobe.commands.common import check_op
 from whyprobe.errors import CommandError
 
 CPU_SAMPLE = "cpu_sample"
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Most frequent call stacks per op, or folded lines for a flamegraph.
 
+        \b
           whyprobe stacks t.db --op cudaLaunchKernel
           whyprobe stacks t.db --on-cpu
           whyprobe stacks t.db --on-cpu --folded | flamegraph.pl > f.svg
@@ -44,8 +46,7 @@ def register(app: typer.Typer) -> None:
                 op = CPU_SAMPLE
                 if not trace.conn.execute("SELECT 1 FROM events WHERE source = ? AND op = ? LIMIT 1", CPU_SAMPLE_KEY).fetchone():
                     raise CommandError(f"{db} has no on-CPU samples: record with `whyprobe trace` (the profile family is on by default)")
-            if op is not None and op not in set(trace.op_names().values()):
-                raise CommandError(f"unknown op {op!r} in {db}; see `whyprobe stats {db}` for the ops it has")
+            check_op(op, trace)
             if folded:
                 sys.stdout.write(folded_lines(trace, op))
                 return

@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-op count, p50/p95/p99/p99.9/max latency, total time and error codes.
 
+        \b
           whyprobe stats t.db
           whyprobe stats t.db --source CUDA --json | jq '.[0]'
           whyprobe stats t.db --by kernel

@@ -9,12 +9,13 @@ from typing import List, Optional
 
 import typer
 
+from whyprobe.config import StorageConfig
 from whyprobe.errors import CommandError
-from whyprobe.commands.common import check_targets, duration_s, ring_bytes
+from whyprobe.commands.common import check_targets, duration_s, ring_bytes, stdout_to_stderr
 from whyprobe.record.targets import check_out
 
 HOST_FAMILIES = ("proc", "sched", "block", "net", "mem", "syscalls", "profile")
-DEFAULT_RING = 16 << 20
+DEFAULT_RING = StorageConfig().ring_size
 PAYLOAD_RING_MIN = 4 << 20  # ~45,000 paths of ~90 bytes
 
 
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
         probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated families: cuda,sched,block,net,mem,syscalls,proc,profile,stacks,wire."),
         stack: bool = typer.Option(False, "--stack", help="Capture user call stacks."),
         lib: List[str] = typer.Option([], "--lib", help="CUDA library to probe (repeatable); default: found automatically."),
-        ring: Optional[str] = typer.Option(None, "--ring", help="Event ring buffer size (default 16MiB, or storage.ring_size of --config); the payload ring (paths, argv, MCP bytes) is a quarter of it, at least 4MiB."),
+        ring: Optional[str] = typer.Option(None, "--ring", help=f"Event ring buffer size (default {DEFAULT_RING >> 20}MiB, or storage.ring_size of --config); the payload ring (paths, argv, MCP bytes) is a quarter of it, at least 4MiB."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final line."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at exit."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
         \b
           sudo whyprobe trace --cmd -- python train.py
-          sudo whyprobe trace --pid 1234 --duration 30s --out t.db
+          sudo whyprobe trace --pid $(pgrep -f vllm) --duration 30s --out t.db
           whyprobe explain t.db
         """
         args = list(args or [])
@@ -113,6 +114,11 @@ def register(app: typer.Typer) -> None:
         from whyprobe import probes as registry
 
         registry.families([n for n in names if n != "cuda"])  # unknown names fail here, before any work
+        if "custom" in names and not (cfg and (cfg.probes.uprobes or cfg.probes.tracepoints)):
+            raise CommandError(
+                "--probes custom needs custom probes: list probes.uprobes or probes.tracepoints in a config file "
+                "and pass it with --config (see `whyprobe config --example`)"
+            )
 
         from whyprobe.probes import libs as libsearch
 
@@ -298,8 +304,9 @@ def _run(
             return LiveView(session.snapshot, str(out), stderr)
 
     try:
-        result = capture(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options, cmd, seconds,
-                         on_started=started, on_tick=observe, view=view)
+        with stdout_to_stderr(json_out):
+            result = capture(out, fams, TargetSpec(pids=targets, trace_all=all_procs), options, cmd, seconds,
+                             on_started=started, on_tick=observe, view=view)
     except WhyprobeError as exc:
         raise CommandError(str(exc)) from None
     finally:

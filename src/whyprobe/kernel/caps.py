@@ -49,8 +49,10 @@ def effective_caps() -> int:
 
 
 def privileged() -> bool:
+    """The capabilities that load BPF programs and attach probes; uid 0 alone is not enough
+    (root in a container or under capsh/setpriv with its capabilities dropped)."""
     caps = effective_caps()
-    return os.geteuid() == 0 or bool(caps >> CAP_SYS_ADMIN & 1) or (bool(caps >> CAP_BPF & 1) and bool(caps >> CAP_PERFMON & 1))
+    return bool(caps >> CAP_SYS_ADMIN & 1) or (bool(caps >> CAP_BPF & 1) and bool(caps >> CAP_PERFMON & 1))
 
 
 def _libc_path() -> str:

@@ -51,12 +51,16 @@ def _hint(err: int) -> str:
 class BpfError(WhyprobeError):
     """A libbpf step failed; the message names the step, the object, the errno and what to do."""
 
-    def __init__(self, step: str, name: str, err: int, detail: str = "") -> None:
+    def __init__(self, step: str, name: str, err: int, detail: str = "", libbpf_log: str = "") -> None:
         self.step, self.name, self.errno = step, name, abs(err)
         ename = errno_mod.errorcode.get(self.errno, str(self.errno))
         msg = f"{step} {name} failed: {ename} ({os.strerror(self.errno)}); {_hint(self.errno)}"
         if detail:
-            msg += f"\n{detail}"
+            msg += f"; {detail}"
+        # libbpf's own lines (a verifier log) went to logging already: the message stays one line.
+        self.libbpf_log = libbpf_log
+        if libbpf_log and self.errno != errno_mod.EPERM:
+            msg += " (libbpf's log: run `whyprobe -v ...`)"
         super().__init__(msg)
 
 
@@ -452,7 +456,7 @@ class BpfObject:
         _take_log()
         rc = bpf_object__load(self._obj)
         if rc < 0:
-            raise BpfError("load", self.path.name, -rc, _take_log())
+            raise BpfError("load", self.path.name, -rc, libbpf_log=_take_log())
         self._loaded = True
         for callback in self.on_loaded:
             callback(self)

@@ -221,33 +221,38 @@ def line_for(version: int, linetable: bytes, firstlineno: int, addr: int) -> int
             if start <= addr < end:
                 return None if ldelta == -128 else line
         return None
-    line, pos, i = firstlineno, 0, 0
-    while i < len(linetable):
-        b = linetable[i]
-        i += 1
-        code, length = (b >> 3) & 15, (b & 7) + 1
-        delta: int | None = 0
-        if code == 15:
-            delta = None
-        elif code == 14:
-            v, i = _varint(linetable, i)
-            delta = -(v >> 1) if v & 1 else v >> 1
-            _, i = _varint(linetable, i)  # end line delta
-            _, i = _varint(linetable, i)  # column
-            _, i = _varint(linetable, i)  # end column
-        elif code == 13:
-            v, i = _varint(linetable, i)
-            delta = -(v >> 1) if v & 1 else v >> 1
-        elif code >= 10:
-            delta = code - 10
-            i += 2  # start and end column bytes
-        else:
-            i += 1  # short form: one column byte
-        if delta is not None:
-            line += delta
-        if pos <= addr < pos + 2 * length:
-            return line if delta is not None else None
-        pos += 2 * length
+    # The table is read from a live process: if its code object was freed meanwhile the bytes can
+    # end inside an entry, and the line is then unknown rather than an IndexError in the tracer.
+    try:
+        line, pos, i = firstlineno, 0, 0
+        while i < len(linetable):
+            b = linetable[i]
+            i += 1
+            code, length = (b >> 3) & 15, (b & 7) + 1
+            delta: int | None = 0
+            if code == 15:
+                delta = None
+            elif code == 14:
+                v, i = _varint(linetable, i)
+                delta = -(v >> 1) if v & 1 else v >> 1
+                _, i = _varint(linetable, i)  # end line delta
+                _, i = _varint(linetable, i)  # column
+                _, i = _varint(linetable, i)  # end column
+            elif code == 13:
+                v, i = _varint(linetable, i)
+                delta = -(v >> 1) if v & 1 else v >> 1
+            elif code >= 10:
+                delta = code - 10
+                i += 2  # start and end column bytes
+            else:
+                i += 1  # short form: one column byte
+            if delta is not None:
+                line += delta
+            if pos <= addr < pos + 2 * length:
+                return line if delta is not None else None
+            pos += 2 * length
+    except IndexError:
+        return None
     return None
 
 

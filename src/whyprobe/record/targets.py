@@ -11,20 +11,11 @@ from pathlib import Path
 
 from whyprobe.errors import CommandError
 
-# Effective capabilities that allow tracing without root: CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON.
-_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
-
-
 def can_trace() -> bool:
-    """Root, or the capabilities that load BPF programs and attach tracepoints/uprobes."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        with open("/proc/self/status") as f:
-            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return bool(caps >> _CAP_SYS_ADMIN & 1) or bool(caps >> _CAP_BPF & 1 and caps >> _CAP_PERFMON & 1)
+    """The capabilities that load BPF programs and attach tracepoints/uprobes (what `check` reports)."""
+    from whyprobe.kernel.caps import privileged
+
+    return privileged()
 
 
 def check_out(out: Path, force: bool) -> None:

@@ -38,7 +38,7 @@ def message_line(msg: McpMessage) -> Text:
     t.append(f" {msg.transport:<5} ")
     t.append(f"{_who(msg):<28} ", "dim")
     t.append(ARROW.get(msg.direction, "?") + " ")
-    t.append(f"{msg.kind:<12}", KIND_STYLE.get(msg.kind, ""))
+    t.append(f"{msg.kind:<12} ", KIND_STYLE.get(msg.kind, ""))  # "notification" is 12 wide: keep a space after it
     t.append(msg.method or "", "bold")
     if msg.tool_name:
         t.append(f" {msg.tool_name}", "yellow")

@@ -254,6 +254,9 @@ def run_query(safe: SafeConnection, sql: str, params: Sequence[Any] = (), opts: 
         if auth.denied:
             raise QueryRefused(f"refused: {auth.denied}") from None
         text = str(exc)
+        if "syntax error" in text or "incomplete input" in text:
+            # Nothing ran: the statement did not parse, whatever its first word.
+            raise StoreError(f"SQL syntax error: {text}") from None
         if _first_keyword(sql) not in READ_KEYWORDS or any(k in text for k in ("not authorized", "authorization denied", "readonly", "cannot modify")):
             raise QueryRefused("refused: only SELECT statements are allowed (the database is read-only)") from None
         raise StoreError(f"SQL error: {text}") from None
