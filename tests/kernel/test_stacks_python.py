@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from whyprobe.kernel.elfsym import resolve
-from whyprobe.kernel.libbpf import BpfObject, map_lookup
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
