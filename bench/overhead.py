@@ -18,7 +18,7 @@ import time
 
 from whyprobe.demo.build import build_workloads
 from whyprobe.kernel.elfsym import function_offsets
-from whyprobe.kernel.libbpf import BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
 from whyprobe.kernel.loader import ProbeSet, bpf_object_path
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 
-from whyprobe.kernel.libbpf import BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
 from whyprobe.kernel.loader import ProbeSet, bpf_object_path
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec

@@ -31,14 +31,9 @@ class Traced:
             db.close()
 
 
-def trace_workload(tmp_path: Path, lib: str, plan: list[str], *flags: str, env: dict | None = None, options: TraceOptions | None = None,
-                   family: CudaFamily | None = None) -> Traced:
-    """Start the driver held (-w), attach the CUDA family to `lib`, release it, trace until it exits."""
-    w = build_workloads()
-    proc = subprocess.Popen([str(w.driver), "-w", *flags, lib, *plan], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout.readline().startswith("kernel ")
-    assert proc.stdout.readline().startswith("ready ")
-    session = TraceSession(tmp_path / "t.db", [family or CudaFamily([lib])], TargetSpec(pids=[proc.pid]), options or TraceOptions(ring_bytes=1 << 22))
+def trace_released(db: Path, families: list, proc: subprocess.Popen, options: TraceOptions | None = None) -> TraceSummary:
+    """Trace `proc` (waiting on stdin) with `families`: attach, send it "go", record until it exits."""
+    session = TraceSession(db, families, TargetSpec(pids=[proc.pid]), options or TraceOptions(ring_bytes=1 << 22))
     try:
         session.start()
         proc.stdin.write("go\n")
@@ -46,6 +41,17 @@ def trace_workload(tmp_path: Path, lib: str, plan: list[str], *flags: str, env: 
         session.run(lambda: proc.poll() is not None)
     finally:
         summary = session.stop()
+    return summary
+
+
+def trace_workload(tmp_path: Path, lib: str, plan: list[str], *flags: str, env: dict | None = None, options: TraceOptions | None = None,
+                   family: CudaFamily | None = None) -> Traced:
+    """Start the driver held (-w), attach the CUDA family to `lib`, release it, trace until it exits."""
+    w = build_workloads()
+    proc = subprocess.Popen([str(w.driver), "-w", *flags, lib, *plan], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("kernel ")
+    assert proc.stdout.readline().startswith("ready ")
+    summary = trace_released(tmp_path / "t.db", [family or CudaFamily([lib])], proc, options)
     out = proc.stdout.read()
     assert proc.wait() == 0, out
     return Traced(summary, out, tmp_path / "t.db", proc.pid)

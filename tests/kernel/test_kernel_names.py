@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cuda_helpers import trace_released
 from whyprobe.commands import main
 from whyprobe.demo.build import build_workloads
-from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
-from whyprobe.record.session import TraceOptions, TraceSession
 from whyprobe.store.reader import open_trace
 
 pytestmark = pytest.mark.usefixtures("bpf_required")
@@ -121,14 +120,7 @@ def _trace(tmp_path: Path, program: Path, lib: Path) -> tuple[Path, str]:
     proc = subprocess.Popen([str(program), str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"
     db = tmp_path / "t.db"
-    session = TraceSession(db, [CudaFamily([str(lib)])], TargetSpec(pids=[proc.pid]), TraceOptions(ring_bytes=1 << 22))
-    try:
-        session.start()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        session.run(lambda: proc.poll() is not None)
-    finally:
-        session.stop()
+    trace_released(db, [CudaFamily([str(lib)])], proc)
     out = proc.stdout.read()
     assert proc.wait() == 0, out
     return db, out

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from cuda_helpers import trace_released
 from whyprobe.analyze.explain import explain
 from whyprobe.demo.build import build_workloads
 from whyprobe.events import F_FAULT_WAIT, F_PREEMPTED
-from whyprobe.probes.base import TargetSpec
 from whyprobe.probes.cuda import CudaFamily
 from whyprobe.probes.host import BlockFamily, MemFamily, SchedFamily
-from whyprobe.record.session import TraceOptions, TraceSession
 from whyprobe.store.reader import open_trace
 from whyprobe.units import fmt_ns
 
@@ -101,14 +100,7 @@ def test_reclaim_inside_slow_copies_is_a_memory_cause(tmp_path: Path, memcg: Pat
         assert proc.stdout.readline() == "ready\n"
         db = tmp_path / "t.db"
         families = [CudaFamily([str(cudart)]), SchedFamily(), BlockFamily(), MemFamily()]
-        session = TraceSession(db, families, TargetSpec(pids=[proc.pid]), TraceOptions(ring_bytes=1 << 22))
-        try:
-            session.start()
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            session.run(lambda: proc.poll() is not None)
-        finally:
-            session.stop()
+        trace_released(db, families, proc)
         assert proc.wait() == 0 and proc.stdout.read() == "done\n"
     finally:
         if proc.poll() is None:
@@ -157,14 +149,7 @@ def test_blocked_in_a_page_fault_is_flagged_and_a_syscall_wait_is_not(tmp_path: 
     proc = subprocess.Popen([sys.executable, "-c", FAULTER, str(big_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"
     db = tmp_path / "t.db"
-    session = TraceSession(db, [SchedFamily()], TargetSpec(pids=[proc.pid]), TraceOptions(ring_bytes=1 << 22))
-    try:
-        session.start()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        session.run(lambda: proc.poll() is not None)
-    finally:
-        session.stop()
+    trace_released(db, [SchedFamily()], proc)
     assert proc.wait() == 0 and proc.stdout.read() == "done True\n"
     with open_trace(db) as t:
         rows = t.conn.execute("SELECT duration, flags FROM events WHERE source = 3 AND op = 1 AND tid = ?", (proc.pid,)).fetchall()

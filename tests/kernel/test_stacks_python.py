@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from whyprobe.kernel.elfsym import resolve
-from whyprobe.kernel.libbpf import BpfObject, map_lookup
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.probes.base import TargetSpec
@@ -35,7 +35,7 @@ def inner():
     return lib.cudaMalloc(ctypes.byref(p), 1024)
 def outer():
     return inner()
-sys.stdin.readline()
+print('ready', flush=True); sys.stdin.readline()
 print(outer(), flush=True)
 sys.stdin.readline()
 '''
@@ -78,7 +78,7 @@ def test_cuda_call_stack_names_the_python_file_function_and_line(python: str, pr
             obj.attach_uprobe("handle_probe", str(LIBCUDART), offsets["cudaMalloc"], pid=proc.pid)
             ps.add_targets([proc.pid])
             fam = StacksFamily()
-            time.sleep(0.3)  # let the interpreter map libpython before we look for _PyRuntime
+            assert proc.stdout.readline().strip() == "ready"  # libpython is mapped: _PyRuntime can be found
             fam.attach(ps, TargetSpec(pids=[proc.pid]))
             ring = RingReader(ps.events_fd, EVENT_DTYPE)
             # WHEN the call happens under the probe

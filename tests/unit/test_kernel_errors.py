@@ -7,7 +7,8 @@ import errno
 import pytest
 
 from whyprobe.kernel.elfsym import function_offsets, resolve
-from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import BpfError
 from whyprobe.errors import WhyprobeError
 
 

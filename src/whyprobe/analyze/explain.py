@@ -156,7 +156,7 @@ def _retransmits(db: TraceDB, start: int, end: int) -> list[tuple[int, int, str]
     if not db.has("events", "detail") or not db.has("events", "flags"):
         return []
     rows = db.conn.execute(
-        "SELECT timestamp, tid, detail FROM events WHERE +source = ? AND op = 1 AND (flags & ?) != 0 AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
+        "SELECT timestamp, tid, detail FROM events WHERE source = ? AND op = 1 AND (flags & ?) != 0 AND timestamp >= ? AND timestamp < ? ORDER BY timestamp",
         (int(Source.TCP), F_SOCK_OWNER, start, end),
     ).fetchall()
     return [(int(ts), int(tid), retransmit_peer(detail)) for ts, tid, detail in rows]

@@ -16,7 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from whyprobe.kernel.elfsym import resolve
-from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.perf import perf_event_open_cpu_clock
 from whyprobe.kernel.loader import bpf_object_path
 from whyprobe.kernel.tracefs import TRACEFS, ensure_tracefs, tracefs_mounted

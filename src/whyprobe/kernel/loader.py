@@ -17,7 +17,7 @@ import numpy as np
 
 from whyprobe import clock
 from whyprobe.errors import KernelError
-from whyprobe.kernel.libbpf import BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"

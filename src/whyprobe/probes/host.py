@@ -35,7 +35,8 @@ import orjson
 
 from whyprobe import clock
 from whyprobe.kernel import caps
-from whyprobe.kernel.libbpf import BpfObject, map_items, map_keys, map_lookup
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import map_items, map_keys, map_lookup
 from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.probes.detail_text import _match, _text, describe, sockaddr_text, tcp_retransmit_text
 from whyprobe.kernel.loader import ProbeSet

@@ -16,7 +16,8 @@ import os
 import numpy as np
 
 from whyprobe.kernel import caps
-from whyprobe.kernel.libbpf import BpfError, BpfObject
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.perf import perf_event_open_cpu_clock
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
