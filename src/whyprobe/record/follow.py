@@ -29,7 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from whyprobe.kernel import caps
-from whyprobe.kernel.libbpf import BpfObject, map_delete, map_keys, map_lookup
+from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.libbpf import map_delete, map_keys, map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 
