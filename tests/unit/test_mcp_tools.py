@@ -140,6 +140,15 @@ def test_timeline_and_causal_chain_for_event(tmp_path: Path) -> None:
     assert sorted(e["id"] for e in tl["events"]) == [6, 31]
 
 
+def test_timeline_and_chain_with_no_arguments_on_a_merged_ingero_trace(shared_data: Path) -> None:
+    # sample-cluster.db keeps Ingero's TEXT ids ("gpu-node-03:425"): the lead event is found by its stored id
+    tl = call(shared_data / "sample-cluster.db", "get_timeline")
+    assert not tl.is_error and tl.structured_content["events"]
+    chain = call(shared_data / "sample-cluster.db", "resolve_causal_chain")
+    assert not chain.is_error, chain.content[0].text
+    assert chain.structured_content["event"]["op"] == "cuMemAlloc"
+
+
 def test_empty_mcp_tables_say_so(tmp_path: Path) -> None:
     db = make_trace(tmp_path / "t.db")
     for tool in ("get_tool_footprint", "list_mcp_sessions", "get_mcp_traffic"):

@@ -97,14 +97,15 @@ def overlapping(
     return out, total
 
 
-def longest_gpu_call(db: TraceDB) -> tuple[int, int] | None:
+def longest_gpu_call(db: TraceDB) -> tuple[int | str, int] | None:
     """(id, middle ns) of the longest CUDA runtime/driver call, else of the longest event; None
-    when the trace is empty: where a look at a trace with no other lead starts."""
+    when the trace is empty: where a look at a trace with no other lead starts. The id is as
+    stored (merged Ingero traces keep TEXT ids such as 'gpu-node-03:425')."""
     marks = ", ".join("?" * len(GPU_CALL_SOURCES))
     row = db.conn.execute(
         f"SELECT id, timestamp + duration / 2 FROM events WHERE source IN ({marks}) ORDER BY duration DESC LIMIT 1", GPU_CALL_SOURCES
     ).fetchone() or db.conn.execute("SELECT id, timestamp + duration / 2 FROM events ORDER BY duration DESC LIMIT 1").fetchone()
-    return (int(row[0]), int(row[1])) if row else None
+    return (row[0], int(row[1])) if row else None
 
 
 def event_span(db: TraceDB, event_id: int) -> tuple[int, int, int, int, int, int] | None:
