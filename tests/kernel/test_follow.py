@@ -163,7 +163,7 @@ def test_python_started_through_a_bash_shim_is_named_python(bpf_required, tmp_pa
     shim = tmp_path / "python3"
     shim.write_text(f"#!/bin/bash\nfor i in $(seq 20); do /bin/true; v=$(cat /proc/version); done\nexec {sys.executable} \"$@\"\n")
     shim.chmod(0o755)
-    code = "print(open('/proc/self/comm').read().strip())"
+    code = "import psutil; print(open('/proc/self/comm').read().strip()); print(psutil.Process().create_time())"
     for run in range(3):  # the stale name showed up 1 run in 3
         db = tmp_path / f"t{run}.db"
         res = subprocess.run([sys.executable, "-m", "whyprobe", "trace", "--probes", probes, "--quiet", "--out", str(db), "--cmd", "--",
@@ -177,6 +177,9 @@ def test_python_started_through_a_bash_shim_is_named_python(bpf_required, tmp_pa
         name, exe, cmdline = con.execute("SELECT name, exe, cmdline FROM process_names WHERE pid = ?", (pid,)).fetchone()
         assert name == comm and os.path.realpath(exe) == os.path.realpath(sys.executable), run
         assert "-c" in cmdline and "bash" not in cmdline, run
+        # AND its start comes from the kernel's exec notice (psutil's own reading is whole jiffies after a whole-second boot time)
+        started = con.execute("SELECT started_at FROM process_names WHERE pid = ?", (pid,)).fetchone()[0]
+        assert abs(started / 1e9 - float(res.stdout.split()[1])) < 1.1, run
         opens = con.execute("SELECT comm FROM host_events WHERE pid = ? AND syscall = 'openat' AND detail = '/proc/self/comm'", (pid,)).fetchall()
         assert opens == [(comm,)], run
 

@@ -35,22 +35,22 @@ def test_exec_replaces_the_names_a_first_record_gave():
     assert [(t, r, [row["comm"] if t == "thread_names" else row["name"] for row in rows]) for t, r, rows in w.items] == [
         ("thread_names", False, ["bash"]), ("process_names", False, ["bash"])]
     # WHEN it execs python, which exits before any record of it is drained
-    namer.exec_seen(Exec(GONE, GONE, 1, "python3", "/usr/bin/python3", ["python3", "-c", "pass"]))
+    namer.exec_seen(Exec(GONE, GONE, 1, "python3", "/usr/bin/python3", ["python3", "-c", "pass"], 1_700_000_000_000_000_000))
     w.items.clear()
     namer.flush_execs()
-    # THEN both rows are replaced with the notice's facts: comm, exe, cmdline, parent
+    # THEN both rows are replaced with the notice's facts: comm, exe, cmdline, parent, start
     (t_table, t_replace, t_rows), (p_table, p_replace, p_rows) = w.items
     assert (t_table, t_replace, [(r["tid"], r["comm"]) for r in t_rows]) == ("thread_names", True, [(GONE, "python3")])
     row = p_rows[0]
     assert (p_table, p_replace, set(row) == set(PROCESS_COLUMNS)) == ("process_names", True, True)
-    assert (row["name"], row["exe"], row["cmdline"], row["ppid"], row["started_at"]) == ("python3", "/usr/bin/python3", "python3 -c pass", 1, 0)
+    assert (row["name"], row["exe"], row["cmdline"], row["ppid"], row["started_at"]) == ("python3", "/usr/bin/python3", "python3 -c pass", 1, 1_700_000_000_000_000_000)
 
 
 def test_an_exec_heard_of_before_late_records_is_not_undone_by_them():
     w = FakeWriter()
     namer = Namer(w)
     # GIVEN the exec notice arrives before the shim's last pre-exec records are drained
-    namer.exec_seen(Exec(GONE, GONE, 1, "python3", "/usr/bin/python3", ["python3"]))
+    namer.exec_seen(Exec(GONE, GONE, 1, "python3", "/usr/bin/python3", ["python3"], 0))
     namer.names(_records((GONE, GONE, b"bash"), (GONE, GONE + 1, b"worker")))
     # THEN the exec's rows are written first (replacing), and the stale comm is not written for that thread
     tables = [(t, r, [row.get("comm", row.get("name")) for row in rows]) for t, r, rows in w.items]

@@ -78,12 +78,15 @@ struct {
 static __always_inline struct wp_notice *notice(__u32 kind, __u32 pid, __u32 tid, __u32 ppid, __s32 fd)
 {
 	struct wp_notice *n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
 	if (!n) {
 		__sync_fetch_and_add(&wp_notice_drops, 1);
 		return NULL;
 	}
 	n->ts_ns = bpf_ktime_get_ns();
+	/* The process's start, so user space never reads /proc per exec for it. */
+	n->start_ns = BPF_CORE_READ(task, group_leader, start_time);
 	n->kind = kind;
 	n->pid = pid;
 	n->tid = tid;

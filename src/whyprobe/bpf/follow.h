@@ -28,6 +28,7 @@ enum wp_notice_kind {
  * copy of a fact (the pid set and `held` are). Widest fields first, no holes. */
 struct wp_notice {
 	__u64 ts_ns;
+	__u64 start_ns; /* when the notifying process started (CLOCK_MONOTONIC; an exec keeps it) */
 	__u32 kind;
 	__u32 pid;
 	__u32 tid;

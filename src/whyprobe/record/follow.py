@@ -41,7 +41,7 @@ LIBNAMES, LIBNAME_LEN = 16, 28
 NOTICE_FORK, NOTICE_EXIT, NOTICE_EXEC, NOTICE_HOLD = 1, 2, 3, 4
 NOTICE_PATH = NOTICE_ARGS = 256
 NOTICE_DTYPE = np.dtype(
-    [("ts_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("args_len", "<u4"),
+    [("ts_ns", "<u8"), ("start_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("args_len", "<u4"),
      ("comm", "S16"), ("path", "S%d" % NOTICE_PATH), ("args", "V%d" % NOTICE_ARGS)]
 )
 HELD = struct.Struct("<QIi")  # struct wp_held: ts_ns, pid, fd
@@ -68,6 +68,7 @@ class Exec:
     comm: str
     path: str
     argv: list[str]
+    started_at: int  # unix ns: when the process started (an exec keeps it)
 
 
 def _text(raw: bytes) -> str:
@@ -182,7 +183,8 @@ class Follower:
                 self.on_exit(pid)
             elif kind == NOTICE_EXEC and self.on_exec:
                 argv = bytes(n["args"])[: int(n["args_len"])].rstrip(b"\0").split(b"\0")
-                self.on_exec(Exec(pid, int(n["tid"]), int(n["ppid"]), _text(n["comm"]), _text(n["path"]), [_text(a) for a in argv if a]))
+                started = int(n["start_ns"]) + self.probes.clock_offset_ns
+                self.on_exec(Exec(pid, int(n["tid"]), int(n["ppid"]), _text(n["comm"]), _text(n["path"]), [_text(a) for a in argv if a], started))
         if self.libnames:
             self.release_held(attach=True)
 

@@ -50,7 +50,7 @@ class Namer:
         Everything comes from the notice rather than from /proc or the next
         record: a short-lived program is gone before either could be read.
         """
-        row = (ex.pid, ex.comm, time.time_ns(), ex.ppid, shlex.join(ex.argv), ex.path, _start_ns(ex.pid))
+        row = (ex.pid, ex.comm, time.time_ns(), ex.ppid, shlex.join(ex.argv), ex.path, ex.started_at)
         self._execs.append((ex.pid, ex.tid, ex.comm, row))
 
     def flush_execs(self) -> None:
@@ -115,16 +115,6 @@ def _thread_comm(pid: int, tid: int) -> str:
             return f.read().rstrip(b"\n").decode(errors="replace")
     except OSError:  # gone: the name is unknown
         return ""
-
-
-def _start_ns(pid: int) -> int:
-    """When a process started (unix ns; an exec keeps it), 0 once it is gone."""
-    import psutil
-
-    try:
-        return int(psutil.Process(pid).create_time() * 1e9)
-    except psutil.Error:
-        return 0
 
 
 def _process_row(pid: int, comm: str, now: int) -> tuple:
