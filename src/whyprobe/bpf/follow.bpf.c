@@ -40,9 +40,11 @@ struct wp_held wp_held_layout = {};
 
 __u64 wp_notice_drops = 0;
 
+#define NOTICES_BYTES (1 << 18)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, NOTICES_BYTES);
 } notices SEC(".maps");
 
 /* tid -> the library it opened, while its process is stopped. */
@@ -100,12 +102,22 @@ static __always_inline struct wp_notice *notice(__u32 kind, __u32 pid, __u32 tid
 	return n;
 }
 
+/* A hold wakes user space at once: a thread is stopped until it is answered. Forks, exits and
+ * execs are read on user space's timer (or early, once the ring is half full): a wake-up per
+ * notice made an exec storm's notices cost a drain each. */
+static __always_inline __u64 notice_flags(__u32 kind)
+{
+	if (kind == WP_NOTICE_HOLD || bpf_ringbuf_query(&notices, BPF_RB_AVAIL_DATA) > NOTICES_BYTES / 2)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void notify(__u32 kind, __u32 pid, __u32 tid, __u32 ppid, __s32 fd)
 {
 	struct wp_notice *n = notice(kind, pid, tid, ppid, fd);
 
 	if (n)
-		bpf_ringbuf_submit(n, 0);
+		bpf_ringbuf_submit(n, notice_flags(kind));
 }
 
 static __always_inline void on_fork(struct task_struct *parent, struct task_struct *child)
@@ -148,7 +160,7 @@ static __always_inline void on_exec(struct task_struct *task, struct linux_binpr
 		len = sizeof(n->args);
 	if (len && bpf_probe_read_user(n->args, len, (const void *)start) == 0)
 		n->args_len = len;
-	bpf_ringbuf_submit(n, 0);
+	bpf_ringbuf_submit(n, notice_flags(WP_NOTICE_EXEC));
 }
 
 struct match_ctx {

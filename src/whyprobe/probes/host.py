@@ -36,7 +36,7 @@ import orjson
 from whyprobe import clock
 from whyprobe.kernel import caps
 from whyprobe.kernel.bpfobject import BpfObject
-from whyprobe.kernel.libbpf import map_items, map_keys, map_lookup
+from whyprobe.kernel.libbpf import map_items
 from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.probes.detail_text import _match, _text, describe, sockaddr_text, tcp_retransmit_text
 from whyprobe.kernel.loader import ProbeSet
@@ -105,15 +105,9 @@ class SchedFamily:
         """(tid, pid, comm) of every thread seen taking the CPU from, or waking, a traced thread."""
         if self.obj is None or not self.obj.loaded:
             return []
-        fd = self.obj.map_fd("names")
-        out = []
-        for key in list(map_keys(fd, 4)):
-            val = map_lookup(fd, key, 24)
-            if val is None:
-                continue
-            pid = struct.unpack_from("<I", val)[0]
-            out.append((struct.unpack("<I", key)[0], pid, _comm(val[8:24])))
-        return out
+        keys, values, n = map_items(self.obj.map_fd("names"), 4, 24)
+        tids = np.frombuffer(keys, "<u4", n).tolist()
+        return [(tid, struct.unpack_from("<I", values, 24 * i)[0], _comm(values[24 * i + 8 : 24 * i + 24])) for i, tid in enumerate(tids)]
 
     def finish(self, probes: ProbeSet, writer: object) -> None:
         rows = [(tid, pid, comm, time.time_ns()) for tid, pid, comm in self.thread_names()]

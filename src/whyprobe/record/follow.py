@@ -45,7 +45,8 @@ NOTICE_DTYPE = np.dtype(
      ("comm", "S16"), ("path", "S%d" % NOTICE_PATH), ("args", "V%d" % NOTICE_ARGS)]
 )
 HELD = struct.Struct("<QIi")  # struct wp_held: ts_ns, pid, fd
-POLL_MS = 100
+# Forks, exits and execs are read this often (a hold wakes the follower at once).
+POLL_MS = 20
 
 
 @dataclass(frozen=True)
