@@ -52,11 +52,13 @@ log = logging.getLogger(__name__)
 STACK_DEPTH = 127
 TICK_S = 0.2
 SNAPSHOT_S = 0.25
-# While records keep coming, the ring is drained at most this often: draining whatever a few
+# While a few records keep coming, the ring is drained at most this often: draining whatever a few
 # microseconds brought (a dozen records) costs a writer queue item and a transaction share per
 # batch, and at ~30 k events/s those per-batch costs filled the writer's queue. 5 ms of the
 # fastest stream we take (1 M events/s) is 5,000 records, 3 % of the default ring.
 DRAIN_INTERVAL_S = 0.005
+# A drain this large means the ring is ahead of us: drain again at once.
+SMALL_DRAIN = 2048
 # In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
 CHECKPOINT_S = 5.0
 
@@ -382,7 +384,7 @@ class TraceSession:
                     self._publish(now)
                 if self.options.drain_pause_s:
                     self._stop.wait(self.options.drain_pause_s)
-                elif drained and now - began < DRAIN_INTERVAL_S:
+                elif 0 < drained < SMALL_DRAIN and now - began < DRAIN_INTERVAL_S:
                     self._stop.wait(DRAIN_INTERVAL_S - (now - began))
         except BaseException as exc:  # surfaced by run()/stop(): the trace must not hang silently
             log.error("reader failed: %s", exc)
