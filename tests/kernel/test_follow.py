@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cuda_helpers import REAL_CUDART
+from cuda_helpers import REAL_CUDART, trace_released
 from whyprobe.demo.build import build_workloads
 from whyprobe.events import op_by_name
 from whyprobe.probes.base import TargetSpec
@@ -143,14 +143,7 @@ def test_custom_uprobe_library_loaded_late_from_another_path(bpf_required, tmp_p
     # AND a target that, once told, execs the driver on a copy with the same base name elsewhere
     proc = subprocess.Popen(["sh", "-c", 'read go; exec "$0" "$1" cudaFree=57', str(w.driver), str(lib)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    session = TraceSession(tmp_path / "t.db", [fam], TargetSpec(pids=[proc.pid]), TraceOptions(snapshots=False))
-    try:
-        session.start()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        session.run(lambda: proc.poll() is not None)
-    finally:
-        session.stop()
+    trace_released(tmp_path / "t.db", [fam], proc, TraceOptions(snapshots=False))
     assert proc.wait() == 0
     # THEN the copy was probed at its open: all 57 calls are recorded as the custom probe's op
     con = sqlite3.connect(tmp_path / "t.db")
