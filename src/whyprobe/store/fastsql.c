@@ -25,62 +25,19 @@ const char *wp_db_filename(sqlite3 *db)
 	return sqlite3_db_filename(db, "main");
 }
 
-static int bind_step(sqlite3_stmt *st, const int64_t *vals, int n)
-{
-	int rc;
-
-	for (int c = 0; c < n; c++)
-		sqlite3_bind_int64(st, c + 1, vals[c]);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc;
-}
-
-/* Insert the rows of a row-major buffer: `many` rows per step of `sql_many`
- * (an INSERT of `many` VALUES tuples, ncols parameters each; one step per row
- * costs ~1/3 more CPU), the remainder one per step of `sql_one`. */
-int wp_insert_i64(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
-		  char *err, int errlen)
-{
-	sqlite3_stmt *sm = NULL, *s1 = NULL;
-	int64_t i = 0;
-	int rc;
-
-	if (many > 1 && nrows >= many) {
-		rc = sqlite3_prepare_v2(db, sql_many, -1, &sm, NULL);
-		if (rc != SQLITE_OK)
-			return fail(db, NULL, rc, err, errlen);
-		for (; i + many <= nrows; i += many) {
-			rc = bind_step(sm, data + i * ncols, many * ncols);
-			if (rc != SQLITE_DONE)
-				return fail(db, sm, rc, err, errlen);
-		}
-		sqlite3_finalize(sm);
-	}
-	if (i == nrows)
-		return SQLITE_OK;
-	rc = sqlite3_prepare_v2(db, sql_one, -1, &s1, NULL);
-	if (rc != SQLITE_OK)
-		return fail(db, NULL, rc, err, errlen);
-	for (; i < nrows; i++) {
-		rc = bind_step(s1, data + i * ncols, ncols);
-		if (rc != SQLITE_DONE)
-			return fail(db, s1, rc, err, errlen);
-	}
-	sqlite3_finalize(s1);
-	return SQLITE_OK;
-}
-
-/* Rows of ncols integers, each followed by one TEXT parameter: the bytes
- * text[toff[r], toff[r] + tlen[r]) of row r (UTF-8), NULL where tlen[r] < 0. */
-static int bind_step_text(sqlite3_stmt *st, const int64_t *vals, int ncols, int rows, const char *text, const int64_t *toff,
-			  const int32_t *tlen)
+/* Bind `rows` rows of ncols integers, each followed by one TEXT parameter when
+ * `text` is set: the bytes text[toff[r], toff[r] + tlen[r]) of row r (UTF-8),
+ * NULL where tlen[r] < 0; then step once. */
+static int bind_step(sqlite3_stmt *st, const int64_t *vals, int ncols, int rows, const char *text, const int64_t *toff,
+		     const int32_t *tlen)
 {
 	int p = 1, rc;
 
 	for (int r = 0; r < rows; r++) {
 		for (int c = 0; c < ncols; c++)
 			sqlite3_bind_int64(st, p++, vals[r * ncols + c]);
+		if (!text)
+			continue;
 		if (tlen[r] < 0)
 			sqlite3_bind_null(st, p++);
 		else
@@ -91,9 +48,12 @@ static int bind_step_text(sqlite3_stmt *st, const int64_t *vals, int ncols, int 
 	return rc;
 }
 
-/* wp_insert_i64 with a TEXT column after the integers (see bind_step_text). */
-int wp_insert_i64_text(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
-		       const char *text, const int64_t *toff, const int32_t *tlen, char *err, int errlen)
+/* Insert the rows of a row-major buffer: `many` rows per step of `sql_many`
+ * (an INSERT of `many` VALUES tuples; one step per row costs ~1/3 more CPU),
+ * the remainder one per step of `sql_one`. With `text`, each row also binds
+ * its TEXT parameter after the integers (see bind_step). */
+static int insert_rows(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows,
+		       int ncols, const char *text, const int64_t *toff, const int32_t *tlen, char *err, int errlen)
 {
 	sqlite3_stmt *sm = NULL, *s1 = NULL;
 	int64_t i = 0;
@@ -104,7 +64,7 @@ int wp_insert_i64_text(sqlite3 *db, const char *sql_many, int many, const char *
 		if (rc != SQLITE_OK)
 			return fail(db, NULL, rc, err, errlen);
 		for (; i + many <= nrows; i += many) {
-			rc = bind_step_text(sm, data + i * ncols, ncols, many, text, toff + i, tlen + i);
+			rc = bind_step(sm, data + i * ncols, ncols, many, text, toff ? toff + i : NULL, tlen ? tlen + i : NULL);
 			if (rc != SQLITE_DONE)
 				return fail(db, sm, rc, err, errlen);
 		}
@@ -116,12 +76,24 @@ int wp_insert_i64_text(sqlite3 *db, const char *sql_many, int many, const char *
 	if (rc != SQLITE_OK)
 		return fail(db, NULL, rc, err, errlen);
 	for (; i < nrows; i++) {
-		rc = bind_step_text(s1, data + i * ncols, ncols, 1, text, toff + i, tlen + i);
+		rc = bind_step(s1, data + i * ncols, ncols, 1, text, toff ? toff + i : NULL, tlen ? tlen + i : NULL);
 		if (rc != SQLITE_DONE)
 			return fail(db, s1, rc, err, errlen);
 	}
 	sqlite3_finalize(s1);
 	return SQLITE_OK;
+}
+
+int wp_insert_i64(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
+		  char *err, int errlen)
+{
+	return insert_rows(db, sql_many, many, sql_one, data, nrows, ncols, NULL, NULL, NULL, err, errlen);
+}
+
+int wp_insert_i64_text(sqlite3 *db, const char *sql_many, int many, const char *sql_one, const int64_t *data, int64_t nrows, int ncols,
+		       const char *text, const int64_t *toff, const int32_t *tlen, char *err, int errlen)
+{
+	return insert_rows(db, sql_many, many, sql_one, data, nrows, ncols, text, toff, tlen, err, errlen);
 }
 
 /* Run a SELECT of ncols integer columns; rows come back row-major in *out (free with wp_free). */
