@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
+from typing import Callable
 
 from whyprobe.record.capture import READY_LINE
 
@@ -15,6 +17,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], object], timeout: float) -> bool:
+    """Whether `cond()` became true within `timeout` seconds (checked every 10 ms, and once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
 
 
 def wait_for_ready(proc: subprocess.Popen, timeout: float = 60.0) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cuda_helpers import REAL_CUDART, trace_released
+from testkit import wait_until
 from whyprobe.demo.build import build_workloads
 from whyprobe.events import op_by_name
 from whyprobe.probes.base import TargetSpec
@@ -35,13 +36,6 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def _wait(cond, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 @pytest.mark.parametrize("runtime", ["standin", "real"])
@@ -98,7 +92,7 @@ def test_held_target_goes_on_when_the_tracer_is_killed(bpf_required, tmp_path):
         target.stdin.write("go\n")
         target.stdin.flush()
         assert tracer.stdout.readline().split() == ["holding", str(target.pid), str(lib)]
-        assert _wait(lambda: _state(target.pid) == "T")
+        assert wait_until(lambda: _state(target.pid) == "T", 20.0)
         time.sleep(0.3)  # held: it must not go on by itself while the tracer lives
         assert _state(target.pid) == "T"
         # AND the tracer is killed with SIGKILL while holding it

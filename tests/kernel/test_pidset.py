@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
+from testkit import wait_until
 from whyprobe.errors import KernelError
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.record.follow import Follower
@@ -26,13 +26,6 @@ PARENT = (
 )
 
 
-def _wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def test_fork_enrols_the_child_and_exit_removes_it() -> None:
@@ -55,7 +48,7 @@ def test_fork_enrols_the_child_and_exit_removes_it() -> None:
             proc.stdin.flush()
             assert proc.wait(10) == 0
             # THEN the exit program took both out
-            assert _wait_for(lambda: not ps.is_target(child) and not ps.is_target(proc.pid))
+            assert wait_until(lambda: not ps.is_target(child) and not ps.is_target(proc.pid), 5.0)
         finally:
             proc.kill()
             follower.stop()
