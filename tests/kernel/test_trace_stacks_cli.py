@@ -32,14 +32,18 @@ WORK = textwrap.dedent(
 CALL_LINE = WORK.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p), ctypes.c_size_t(n))") + 1
 
 
-def test_cuda_call_stack_names_the_python_line(tmp_path: Path, capsys) -> None:
-    work = tmp_path / "work.py"
-    work.write_text(WORK)
-    out = tmp_path / "t.db"
+def _trace_script(work: Path, code: str, capsys) -> sqlite3.Connection:
+    """`trace --stack` a Python script calling the real libcudart; the stored trace."""
+    work.write_text(code)
+    out = work.with_suffix(".db")
     rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(REAL_CUDART), "--out", str(out), "--quiet",
                "--cmd", "--", sys.executable, str(work)])
     assert rc == 0, capsys.readouterr().err
-    con = sqlite3.connect(out)
+    return sqlite3.connect(out)
+
+
+def test_cuda_call_stack_names_the_python_line(tmp_path: Path, capsys) -> None:
+    con = _trace_script(tmp_path / "work.py", WORK, capsys)
     rows = con.execute(
         "SELECT e.ret_code, s.frames FROM events e JOIN stack_traces s ON s.hash = e.stack_hash "
         "WHERE e.source = 1 AND e.op = 1"
@@ -70,14 +74,8 @@ EAGER_LINE = EAGER.splitlines().index("    return lib.cudaMalloc(ctypes.byref(p)
 def test_every_call_carries_its_python_frames_from_the_first_to_the_last(tmp_path: Path, capsys) -> None:
     # GIVEN a launched Python workload that calls cudaMalloc 200 times as soon as it starts and
     # exits right after (no sleep for the tracer: #14.4, the first calls used to lose their frames)
-    work = tmp_path / "eager.py"
-    work.write_text(EAGER)
-    out = tmp_path / "t.db"
-    rc = main(["trace", "--stack", "--probes", "cuda,stacks", "--lib", str(REAL_CUDART), "--out", str(out), "--quiet",
-               "--cmd", "--", sys.executable, str(work)])
-    assert rc == 0, capsys.readouterr().err
+    con = _trace_script(tmp_path / "eager.py", EAGER, capsys)
     # THEN every one of the 200 calls has the Python frame step() at the call's line, then <module>
-    con = sqlite3.connect(out)
     rows = con.execute(
         "SELECT e.arg0, s.frames FROM events e LEFT JOIN stack_traces s ON s.hash = e.stack_hash "
         "WHERE e.source = 1 AND e.op = 1 ORDER BY e.timestamp"
