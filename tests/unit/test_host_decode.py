@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 import socket
 import sqlite3
 import struct
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from elftools.elf.elffile import ELFFile
 
 from whyprobe.kernel.ring import PayloadBatch
 from whyprobe.probes.host import describe, sockaddr_text, tcp_retransmit_text
@@ -141,12 +143,24 @@ def test_python_310_line_table() -> None:
     assert [line_for(310, table, 10, a) for a in (0, 3, 4, 9, 10, 11, 12)] == [11, 11, None, None, 13, 13, None]
 
 
-def test_elf_symbols_resolve_libc_functions() -> None:
+def test_elf_symbols_name_every_libc_function_including_indirect_ones() -> None:
+    # GIVEN libc, whose string functions (memchr, strlen ...) are GNU indirect functions (STT_GNU_IFUNC,
+    # which pyelftools calls STT_LOOS), and pyelftools' own reading of its .dynsym as the reference
     libc = next(p for p in Path("/proc/self/maps").read_text().split() if "/libc.so" in p)
+    names_at: dict[int, set[str]] = defaultdict(set)
+    sizes: dict[int, int] = {}
+    with open(libc, "rb") as f:
+        for sym in ELFFile(f).get_section_by_name(".dynsym").iter_symbols():
+            if sym["st_info"]["type"] in ("STT_FUNC", "STT_LOOS") and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
+                names_at[sym["st_value"]].add(sym.name)
+                sizes[sym["st_value"]] = sym["st_size"]
     syms = ElfSymbols(libc)
-    addr = syms.addrs[syms.entries.index(next(e for e in syms.entries if e[2] == "getppid"))]
-    assert syms.lookup(addr) == "getppid"
-    assert syms.lookup(addr + 1) == "getppid"
+    # THEN every function is named at its address and at its last byte, indirect ones included
+    assert len(names_at) > 1000
+    last = {a: a + max(sizes[a] - 1, 0) for a in names_at}
+    assert {a for a, names in names_at.items() if syms.lookup(a) not in names or syms.lookup(last[a]) not in names} == set()
+    memchr = next(a for a, names in names_at.items() if "memchr" in names)
+    assert syms.lookup(memchr + 1) == "memchr"
 
 
 def test_a_line_table_cut_short_gives_no_line_not_an_error() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Iterable
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 from elftools.common.exceptions import ELFError
@@ -55,9 +55,32 @@ def _function_offsets(path: str, mtime_ns: int) -> dict[str, int]:
         raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 
-# Elf64_Sym (elf.h); st_info's low nibble is the type: STT_FUNC 2, STT_GNU_IFUNC 10.
-_ELF64_SYM = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"), ("size", "<u8")])
+# Elf{64,32}_Sym (elf.h); st_info's low nibble is the type: STT_FUNC 2, STT_GNU_IFUNC 10.
+_SYM_FIELDS = {
+    64: [("name", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2"), ("value", "u8"), ("size", "u8")],
+    32: [("name", "u4"), ("value", "u4"), ("size", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2")],
+}
 _FUNC_TYPES = (2, 10)
+
+
+def function_symbols(f: BinaryIO, elf: ELFFile, sections: Sequence[str]) -> list[tuple[np.ndarray, bytes]]:
+    """Defined functions (STT_FUNC or STT_GNU_IFUNC, with an address) of each of the named symbol
+    sections the file has, in that order: a structured array read raw from the file, and the
+    section's string table. pyelftools' object per symbol costs seconds on big executables."""
+    dtype = np.dtype(_SYM_FIELDS[elf.elfclass]).newbyteorder("<" if elf.little_endian else ">")
+    out = []
+    for secname in sections:
+        sec = elf.get_section_by_name(secname)
+        if sec is None or sec["sh_type"] == "SHT_NOBITS":
+            continue
+        strsec = elf.get_section(sec["sh_link"])
+        f.seek(strsec["sh_offset"])
+        strtab = f.read(strsec["sh_size"])
+        f.seek(sec["sh_offset"])
+        raw = f.read(sec["sh_size"])
+        syms = np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
+        out.append((syms[np.isin(syms["info"] & 0xF, _FUNC_TYPES) & (syms["shndx"] != 0) & (syms["value"] != 0)], strtab))
+    return out
 
 
 def _name_offsets(strtab: bytes, name: str) -> list[int]:
@@ -76,26 +99,14 @@ def _lookup(path: str, mtime_ns: int, names: tuple[str, ...]) -> dict[str, int]:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            if elf.elfclass != 64 or not elf.little_endian:
-                return {n: off for n, off in _function_offsets(path, mtime_ns).items() if n in names}
             segments = [
                 (s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"
             ]
             out: dict[str, int] = {}
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None or sec["sh_type"] == "SHT_NOBITS":
-                    continue
-                strsec = elf.get_section(sec["sh_link"])
-                f.seek(strsec["sh_offset"])
-                strtab = f.read(strsec["sh_size"])
-                f.seek(sec["sh_offset"])
-                raw = f.read(sec["sh_size"])
-                syms = np.frombuffer(raw, _ELF64_SYM, count=len(raw) // _ELF64_SYM.itemsize)
-                defined = np.isin(syms["info"] & 0xF, _FUNC_TYPES) & (syms["shndx"] != 0) & (syms["value"] != 0)
+            for syms, strtab in function_symbols(f, elf, (".symtab", ".dynsym")):
                 for n in names:
                     starts = _name_offsets(strtab, n) if n not in out else []
-                    hit = np.flatnonzero(defined & np.isin(syms["name"], starts)) if starts else ()
+                    hit = np.flatnonzero(np.isin(syms["name"], starts)) if starts else ()
                     for i in hit:
                         off = _to_offset(segments, int(syms["value"][i]))
                         if off is not None:

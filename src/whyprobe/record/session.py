@@ -52,13 +52,12 @@ log = logging.getLogger(__name__)
 STACK_DEPTH = 127
 TICK_S = 0.2
 SNAPSHOT_S = 0.25
-# While a few records keep coming, the ring is drained at most this often: draining whatever a few
-# microseconds brought (a dozen records) costs a writer queue item and a transaction share per
-# batch, and at ~30 k events/s those per-batch costs filled the writer's queue. 5 ms of the
-# fastest stream we take (1 M events/s) is 5,000 records, 3 % of the default ring.
-DRAIN_INTERVAL_S = 0.005
-# A drain this large means the ring is ahead of us: drain again at once.
-SMALL_DRAIN = 2048
+# A drain that took this share of either ring means it is filling fast: drain again at once.
+# Otherwise the reader waits out the rest of TraceOptions.poll_ms: per-drain work (numpy per
+# family, a writer transaction) then costs ~20 times a second, not per handful of records (at
+# ~30 k events/s, draining every 5 ms took 0.6 cores, every 50 ms 0.26), and the kernel's
+# forced wake-up at half full still ends the wait early.
+BUSY_FILL = 1 / 8
 # In-kernel aggregates (syscall counts) are written this often, so a killed trace keeps most of them.
 CHECKPOINT_S = 5.0
 
@@ -75,6 +74,7 @@ class TraceOptions:
     # storage.precision_ms: stored timestamps are rounded down to this grain (0: ns as measured).
     precision_ns: int = 0
     max_queue: int = 256
+    # The reader drains this often, sooner when a ring passes half full.
     poll_ms: int = 50
     # Extra columns for this session's row (probes, pid_filter, argv ...).
     session_fields: dict = field(default_factory=dict)
@@ -231,11 +231,12 @@ class TraceSession:
             ).start()
             self._ring = RingReader(self.probes.events_fd, EVENT_DTYPE)
             self._payloads = PayloadReader(self.probes.payloads_fd)
-            # Either ring's early wake-up (more than half full) ends the wait: paths can fill the
-            # payload ring while the event ring is still far from half full.
+            # Edge-triggered: the ring fds are readable whenever a record waits, so only the kernel's
+            # forced wake-up (either ring more than half full; paths can fill the payload ring while
+            # the event ring is far from it) ends the reader's wait early.
             self._wake = select.epoll()
             for fd in (self.probes.events_fd, self.probes.payloads_fd):
-                self._wake.register(fd, select.EPOLLIN)
+                self._wake.register(fd, select.EPOLLIN | select.EPOLLET)
         except BaseException:
             self._teardown_on_error()
             raise
@@ -307,7 +308,7 @@ class TraceSession:
         if self._reader is not None:
             self._reader.join()
         # The reader has stopped: drain the rest here, until the rings are empty.
-        while self._drain_once(0):
+        while self._drain_once():
             pass
         self._namer.flush_execs()
         for fam in self.families:
@@ -375,32 +376,33 @@ class TraceSession:
     # ---- reader thread -------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        interval = self.options.poll_ms / 1000.0
         try:
             while not self._stop.is_set():
                 began = time.monotonic()
-                drained = self._drain_once(self.options.poll_ms)
+                fill = self._drain_once()
                 now = time.monotonic()
                 if now - self._last_snapshot >= SNAPSHOT_S:
                     self._publish(now)
                 if self.options.drain_pause_s:
                     self._stop.wait(self.options.drain_pause_s)
-                elif 0 < drained < SMALL_DRAIN and now - began < DRAIN_INTERVAL_S:
-                    self._stop.wait(DRAIN_INTERVAL_S - (now - began))
+                elif fill < BUSY_FILL and now - began < interval:
+                    self._wake.poll(interval - (now - began))
         except BaseException as exc:  # surfaced by run()/stop(): the trace must not hang silently
             log.error("reader failed: %s", exc)
             self._reader_error = exc
 
-    def _drain_once(self, timeout_ms: int) -> int:
+    def _drain_once(self) -> float:
+        """Drain both rings once; returns the larger share of its ring either drain held (0.0: nothing)."""
+        payload_bytes = self._payloads.bytes_read
         # Events first, then payloads: a payload is submitted before its event.
         records, payloads = self._ring.drain(), self._payloads.drain()
-        if not len(records) and not len(payloads) and timeout_ms > 0:
-            self._wake.poll(timeout_ms / 1000.0)
-            records, payloads = self._ring.drain(), self._payloads.drain()
+        fill = max(len(records) * self._ring.stride / self._ring.size, (self._payloads.bytes_read - payload_bytes) / self._payloads.size)
         if len(payloads):
             self._take_payloads(payloads)
         if not len(records):
             self._details.idle()
-            return len(payloads)
+            return fill
         self._records_seen += len(records)
         rows = rows_from_records(records, self._clock_offset)
         if self.options.precision_ns:
@@ -420,7 +422,7 @@ class TraceSession:
         for cb in self.options.on_rows:
             cb(rows)
         self.writer.put_events(rows, details)
-        return len(records)
+        return fill
 
     def _take_payloads(self, payloads: PayloadBatch) -> None:
         for fam in self.families:
