@@ -106,6 +106,23 @@ def test_10000_opens_in_one_burst_are_lossless_with_default_rings(tmp_path) -> N
     assert (summary.dropped, summary.payload_drops, summary.details_lost) == (0, 0, 0)
 
 
+def test_a_ring_passing_half_full_wakes_the_reader_before_its_interval(tmp_path) -> None:
+    # GIVEN 2,000 opens of distinct paths over ~0.5 s, an event ring of 146 records and a payload ring
+    # of 4 KiB (~45 paths), drained every 10 s unless the kernel wakes the reader (a ring past half full)
+    code = "import os, time\nfor i in range(2000):\n    time.sleep(0.0002)\n    try: open(f'/nonexistent/wake-{i}')\n    except OSError: pass\n"
+    proc = _gated(code)
+    opts = TraceOptions(ring_bytes=16384, payload_ring_bytes=4096, poll_ms=10_000, snapshots=False)
+    db = tmp_path / "t.db"
+    summary = _trace(db, [SyscallsFamily()], proc, opts)
+    conn = sqlite3.connect(db)
+    # THEN every open is stored with its path: the reader drained long before its 10 s were up
+    paths = [d for (d,) in conn.execute(
+        "SELECT detail FROM events WHERE pid = ? AND source = ? AND op = ? AND detail LIKE '/nonexistent/wake-%'",
+        (proc.pid, Source.SYSCALL, NR_OPENAT))]
+    assert sorted(paths) == sorted(f"/nonexistent/wake-{i}" for i in range(2000))
+    assert (summary.dropped, summary.payload_drops, summary.details_lost) == (0, 0, 0)
+
+
 def test_2000_opens_are_all_stored_and_lost_paths_count_as_payload_losses(tmp_path) -> None:
     # GIVEN 2,000 open() calls of distinct names, and a payload ring of one page drained every 200 ms
     code = "import os\nfor i in range(2000):\n    try: open(f'/nonexistent/wp-{i}')\n    except OSError: pass\n"

@@ -23,6 +23,7 @@ Hooks a probe family may define besides the ProbeFamily protocol:
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
@@ -237,6 +238,9 @@ class TraceSession:
             self._wake = select.epoll()
             for fd in (self.probes.events_fd, self.probes.payloads_fd):
                 self._wake.register(fd, select.EPOLLIN | select.EPOLLET)
+            # stop() ends the wait at once, whatever poll_ms is.
+            self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+            self._wake.register(self._stop_fd, select.EPOLLIN)
         except BaseException:
             self._teardown_on_error()
             raise
@@ -305,6 +309,7 @@ class TraceSession:
         if self._snapshots is not None:
             self._snapshots.stop()
         self._stop.set()
+        os.eventfd_write(self._stop_fd, 1)
         if self._reader is not None:
             self._reader.join()
         # The reader has stopped: drain the rest here, until the rings are empty.
@@ -329,6 +334,7 @@ class TraceSession:
         self._ring.close()
         self._payloads.close()
         self._wake.close()
+        os.close(self._stop_fd)
         self.probes.close()
         self.writer.close()
         elapsed = time.monotonic() - self._started
