@@ -91,36 +91,33 @@ def _trace(db: Path, families: list, proc: subprocess.Popen, options: TraceOptio
     return summary
 
 
-def test_10000_opens_in_one_burst_are_lossless_with_default_rings(tmp_path) -> None:
-    # GIVEN 10,000 open() calls as fast as python makes them (tens of ms), default ring sizes and drain
-    code = "import os\nfor i in range(10000):\n    try: open(f'/nonexistent/burst-{i}')\n    except OSError: pass\n"
+def _opens_lose_nothing(tmp_path: Path, count: int, pause_s: float, families: list, opts: TraceOptions) -> None:
+    """`count` open() calls of distinct paths, `pause_s` apart, are each stored with their path; nothing is lost."""
+    code = f"import os, time\nfor i in range({count}):\n    time.sleep({pause_s})\n    try: open(f'/nonexistent/op-{{i}}')\n    except OSError: pass\n"
     proc = _gated(code)
     db = tmp_path / "t.db"
-    summary = _trace(db, [ProcFamily(), SyscallsFamily()], proc, TraceOptions(snapshots=False))
+    summary = _trace(db, families, proc, opts)
     conn = sqlite3.connect(db)
-    # THEN every one is stored with its own path, and nothing of any kind was lost
     paths = [d for (d,) in conn.execute(
-        "SELECT detail FROM events WHERE pid = ? AND source = ? AND op = ? AND detail LIKE '/nonexistent/burst-%'",
+        "SELECT detail FROM events WHERE pid = ? AND source = ? AND op = ? AND detail LIKE '/nonexistent/op-%'",
         (proc.pid, Source.SYSCALL, NR_OPENAT))]
-    assert sorted(paths) == sorted(f"/nonexistent/burst-{i}" for i in range(10000))
+    assert sorted(paths) == sorted(f"/nonexistent/op-{i}" for i in range(count))
     assert (summary.dropped, summary.payload_drops, summary.details_lost) == (0, 0, 0)
+
+
+def test_10000_opens_in_one_burst_are_lossless_with_default_rings(tmp_path) -> None:
+    # GIVEN 10,000 open() calls as fast as python makes them (tens of ms), default ring sizes and drain
+    # THEN every one is stored with its own path, and nothing of any kind was lost
+    _opens_lose_nothing(tmp_path, 10_000, 0, [ProcFamily(), SyscallsFamily()], TraceOptions(snapshots=False))
 
 
 def test_a_ring_passing_half_full_wakes_the_reader_before_its_interval(tmp_path) -> None:
-    # GIVEN 2,000 opens of distinct paths over ~0.5 s, an event ring of 146 records and a payload ring
-    # of 4 KiB (~45 paths), drained every 10 s unless the kernel wakes the reader (a ring past half full)
-    code = "import os, time\nfor i in range(2000):\n    time.sleep(0.0002)\n    try: open(f'/nonexistent/wake-{i}')\n    except OSError: pass\n"
-    proc = _gated(code)
-    opts = TraceOptions(ring_bytes=16384, payload_ring_bytes=4096, poll_ms=10_000, snapshots=False)
-    db = tmp_path / "t.db"
-    summary = _trace(db, [SyscallsFamily()], proc, opts)
-    conn = sqlite3.connect(db)
+    # GIVEN 2,000 opens over ~0.6 s, an event ring of 1,170 records and a payload ring of 64 KiB (~740
+    # paths), drained every 10 s unless the kernel wakes the reader (a ring past half full); half a
+    # ring is ~0.1 s of opens, room for a garbage collection pausing the reader
+    opts = TraceOptions(ring_bytes=1 << 17, payload_ring_bytes=1 << 16, poll_ms=10_000, snapshots=False)
     # THEN every open is stored with its path: the reader drained long before its 10 s were up
-    paths = [d for (d,) in conn.execute(
-        "SELECT detail FROM events WHERE pid = ? AND source = ? AND op = ? AND detail LIKE '/nonexistent/wake-%'",
-        (proc.pid, Source.SYSCALL, NR_OPENAT))]
-    assert sorted(paths) == sorted(f"/nonexistent/wake-{i}" for i in range(2000))
-    assert (summary.dropped, summary.payload_drops, summary.details_lost) == (0, 0, 0)
+    _opens_lose_nothing(tmp_path, 2000, 0.0002, [SyscallsFamily()], opts)
 
 
 def test_2000_opens_are_all_stored_and_lost_paths_count_as_payload_losses(tmp_path) -> None:
