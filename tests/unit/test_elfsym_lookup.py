@@ -1,16 +1,20 @@
-"""kernel/elfsym.lookup finds a few functions by name without building the whole symbol table, and
-agrees with `resolve` (pyelftools) on real files: a library built here whose string table shares
-tails between names, and the system's libssl/libcrypto."""
+"""kernel/elfsym reads symbol tables as raw arrays; its answers (`lookup` of a few names, and
+`function_offsets`, the whole table) agree with pyelftools read symbol by symbol, on real files: a
+library built here whose string table shares tails between names, the system's libssl/libcrypto,
+libc and the CUDA runtime wheel."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from whyprobe.errors import WhyprobeError
-from whyprobe.kernel.elfsym import lookup, resolve
+from elftools.elf.elffile import ELFFile
+
+from whyprobe.kernel.elfsym import function_offsets, lookup
 from whyprobe.probes.libs import ldconfig_cache
 
 SOURCE = """
@@ -21,7 +25,27 @@ static int hidden_helper(void) { return 4; }
 int call_hidden(void) { return hidden_helper(); }
 int SSL_data = 5;
 """
+REAL_CUDART = next(Path(sys.prefix).glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
 NAMES = ("SSL_read", "XSSL_read", "SSL_write", "hidden_helper", "SSL_data", "SSL_free")
+
+
+def _reference(path: Path | str) -> dict[str, int]:
+    """pyelftools' answer, symbol by symbol: .symtab's functions first, then .dynsym's, as file offsets."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        segments = [(s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        out: dict[str, int] = {}
+        for secname in (".symtab", ".dynsym"):
+            sec = elf.get_section_by_name(secname)
+            for sym in sec.iter_symbols() if sec is not None else ():
+                value = sym["st_value"]
+                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_LOOS") or not value or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+                    continue
+                for vaddr, off, size in segments:
+                    if vaddr <= value < vaddr + size:
+                        out.setdefault(sym.name, value - vaddr + off)
+                        break
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +58,7 @@ def built(tmp_path_factory) -> Path:
 
 def test_lookup_matches_resolve_on_a_built_library(built: Path) -> None:
     found = lookup(built, NAMES)
-    assert found == resolve(built, NAMES)[0]
+    assert found == {n: off for n, off in _reference(built).items() if n in NAMES}
     # Functions only (not the data symbol, not a missing name); a static function from .symtab.
     assert sorted(found) == ["SSL_read", "SSL_write", "XSSL_read", "hidden_helper"]
     assert len(set(found.values())) == 4
@@ -46,7 +70,18 @@ def test_lookup_matches_resolve_on_the_systems_openssl(stem: str) -> None:
     assert paths, f"no {stem} in the ldconfig cache"
     names = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_do_handshake", "SSL_set_bio", "SSL_free", "BIO_write")
     for p in paths:
-        assert lookup(p, names) == resolve(p, names)[0]
+        assert lookup(p, names) == {n: off for n, off in _reference(p).items() if n in names}
+
+
+@pytest.mark.parametrize("which", ["libc", "cudart", "built"])
+def test_the_whole_table_matches_pyelftools(which: str, built: Path) -> None:
+    # GIVEN libc (GNU indirect functions, version aliases), the CUDA runtime wheel and the built library
+    libc = next(p for p in Path("/proc/self/maps").read_text().split() if "/libc.so" in p)
+    path = {"libc": libc, "cudart": REAL_CUDART, "built": built}[which]
+    # THEN every function and its offset are pyelftools' own
+    table = function_offsets(path)
+    assert len(table) > (3 if which == "built" else 400)
+    assert table == _reference(path)
 
 
 def test_lookup_refuses_what_is_not_elf(tmp_path: Path) -> None:

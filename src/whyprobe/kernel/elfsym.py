@@ -1,9 +1,10 @@
 """Symbol name -> file offset in an ELF file, the address form uprobes take.
 
-Reads .dynsym and .symtab (static runtimes live as local symbols in the
+Reads .symtab and .dynsym (static runtimes live as local symbols in the
 executable) and maps st_value through the PT_LOAD segment that holds it.
-`lookup` finds a few names without building the whole table: node's 180,000
-symbols take pyelftools ~5 s, a numpy scan of the raw table milliseconds.
+The symbol tables are read raw into numpy arrays and only the names asked for
+are searched: node's 180,000 symbols take pyelftools' object per symbol ~5 s,
+this milliseconds. pyelftools parses the headers.
 """
 
 from __future__ import annotations
@@ -24,35 +25,6 @@ def _to_offset(segments: list[tuple[int, int, int]], vaddr: int) -> int | None:
         if seg_vaddr <= vaddr < seg_vaddr + seg_size:
             return vaddr - seg_vaddr + seg_off
     return None
-
-
-@lru_cache(maxsize=64)
-def _function_offsets(path: str, mtime_ns: int) -> dict[str, int]:
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            segments = [
-                (s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"
-            ]
-            out: dict[str, int] = {}
-            for secname in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(secname)
-                if sec is None:
-                    continue
-                for sym in sec.iter_symbols():
-                    if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC") or not sym["st_value"]:
-                        continue
-                    if sym["st_shndx"] == "SHN_UNDEF":
-                        continue
-                    off = _to_offset(segments, sym["st_value"])
-                    if off is not None:
-                        # .dynsym names may carry @VERSION in other tools; pyelftools gives bare names.
-                        out.setdefault(sym.name, off)
-            return out
-    except (OSError, ValueError) as exc:
-        raise WhyprobeError(f"Cannot read symbols of {path}: {exc}") from None
-    except ELFError as exc:
-        raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 
 # Elf{64,32}_Sym (elf.h); st_info's low nibble is the type: STT_FUNC 2, STT_GNU_IFUNC 10.
@@ -94,55 +66,64 @@ def _name_offsets(strtab: bytes, name: str) -> list[int]:
     return out
 
 
-@lru_cache(maxsize=512)
-def _lookup(path: str, mtime_ns: int, names: tuple[str, ...]) -> dict[str, int]:
+def c_string(strtab: bytes, offset: int) -> str:
+    """The NUL-terminated name at `offset` of a string table."""
+    end = strtab.find(b"\0", offset)
+    return strtab[offset : end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=64)
+def _tables(path: str, _mtime_ns: int) -> tuple[list[tuple[int, int, int]], list[tuple[np.ndarray, bytes]]]:
+    """(PT_LOAD segments as (vaddr, offset, filesz), .symtab's then .dynsym's functions)."""
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            segments = [
-                (s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"
-            ]
-            out: dict[str, int] = {}
-            for syms, strtab in function_symbols(f, elf, (".symtab", ".dynsym")):
-                for n in names:
-                    starts = _name_offsets(strtab, n) if n not in out else []
-                    hit = np.flatnonzero(np.isin(syms["name"], starts)) if starts else ()
-                    for i in hit:
-                        off = _to_offset(segments, int(syms["value"][i]))
-                        if off is not None:
-                            out[n] = off
-                            break
-            return out
+            segments = [(s["p_vaddr"], s["p_offset"], s["p_filesz"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+            return segments, function_symbols(f, elf, (".symtab", ".dynsym"))
     except OSError as exc:
         raise WhyprobeError(f"Cannot read symbols of {path}: {exc}") from None
-    except ELFError as exc:
+    except (ELFError, ValueError) as exc:
         raise WhyprobeError(f"Not a readable ELF file: {path} ({exc})") from None
 
 
-def lookup(path: str | os.PathLike, names: Iterable[str]) -> dict[str, int]:
-    """Offsets of those of `names` the file defines as functions (same answer as `resolve`, fast on
-    big executables)."""
+def _read(path: str | os.PathLike) -> tuple[list[tuple[int, int, int]], list[tuple[np.ndarray, bytes]]]:
     p = os.fspath(path)
     try:
         mtime = os.stat(p).st_mtime_ns
     except OSError as exc:
         raise WhyprobeError(f"Cannot read symbols of {p}: {exc.strerror}") from None
-    return dict(_lookup(os.path.realpath(p), mtime, tuple(names)))
+    return _tables(os.path.realpath(p), mtime)
+
+
+def lookup(path: str | os.PathLike, names: Iterable[str]) -> dict[str, int]:
+    """Offsets of those of `names` the file defines as functions (.symtab's first, then .dynsym's)."""
+    segments, tables = _read(path)
+    out: dict[str, int] = {}
+    for syms, strtab in tables:
+        for n in names:
+            starts = _name_offsets(strtab, n) if n not in out else []
+            for i in np.flatnonzero(np.isin(syms["name"], starts)) if starts else ():
+                off = _to_offset(segments, int(syms["value"][i]))
+                if off is not None:
+                    out[n] = off
+                    break
+    return out
 
 
 def function_offsets(path: str | os.PathLike) -> dict[str, int]:
-    """All defined function symbols of an ELF file, as uprobe file offsets."""
-    p = os.fspath(path)
-    return _function_offsets(os.path.realpath(p), os.stat(p).st_mtime_ns)
+    """All functions the file defines, by name, as uprobe file offsets (.symtab's first)."""
+    segments, tables = _read(path)
+    out: dict[str, int] = {}
+    for syms, strtab in tables:
+        for name_at, value in zip(syms["name"].tolist(), syms["value"].tolist()):
+            name = c_string(strtab, name_at)
+            if name and name not in out and (off := _to_offset(segments, value)) is not None:
+                out[name] = off
+    return out
 
 
 def resolve(path: str | os.PathLike, names: Iterable[str]) -> tuple[dict[str, int], list[str]]:
     """(found name -> offset, names missing) for the requested functions."""
-    table = function_offsets(path)
-    found, missing = {}, []
-    for n in names:
-        if n in table:
-            found[n] = table[n]
-        else:
-            missing.append(n)
-    return found, missing
+    names = list(names)
+    found = lookup(path, names)
+    return found, [n for n in names if n not in found]

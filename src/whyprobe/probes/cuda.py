@@ -22,7 +22,7 @@ import numpy as np
 
 from whyprobe.errors import WhyprobeError
 from whyprobe.kernel import caps
-from whyprobe.kernel.elfsym import function_offsets
+from whyprobe.kernel.elfsym import lookup
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.probes import libs
 from whyprobe.probes.base import TargetSpec
@@ -173,7 +173,7 @@ class LibraryProbe:
 
 def plan_library(path: str, via: str = "") -> LibraryProbe:
     """Which of our symbols `path` defines (dynamic or static symbols) and which it lacks."""
-    table = function_offsets(path)
+    table = lookup(path, [s.name for group in (RUNTIME_SYMBOLS, DRIVER_SYMBOLS) for s in group])
     probe = LibraryProbe(path=path, via=via)
     for group in (RUNTIME_SYMBOLS, DRIVER_SYMBOLS):
         present = [s for s in group if s.name in table]

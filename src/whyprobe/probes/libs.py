@@ -207,13 +207,12 @@ def _interpreter_of(executable: str) -> str | None:
 
 def _has_static_runtime(executable: str) -> bool:
     """nvcc links cudart statically by default: the runtime lives in the executable's .symtab."""
-    from whyprobe.kernel.elfsym import function_offsets
+    from whyprobe.kernel.elfsym import lookup
 
     try:
-        table = function_offsets(executable)
+        return bool(lookup(executable, ("cudaLaunchKernel", "cuLaunchKernel")))
     except WhyprobeError:
         return False
-    return "cudaLaunchKernel" in table or "cuLaunchKernel" in table
 
 
 def resolve_for_command(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[LibraryHit], list[str]]:

@@ -37,7 +37,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from whyprobe.kernel.elfsym import function_symbols
+from whyprobe.kernel.elfsym import c_string, function_symbols
 from whyprobe.kernel.libbpf import map_lookup, map_update
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.probes.base import TargetSpec
@@ -109,9 +109,7 @@ class ElfSymbols:
             return None
         name = self._names.get(i)
         if name is None:
-            strtab, off = self._strtabs[int(self._table[i])], int(self._name_offs[i])
-            end = strtab.find(b"\0", off)
-            name = self._names[i] = strtab[off : end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+            name = self._names[i] = c_string(self._strtabs[int(self._table[i])], int(self._name_offs[i]))
         return name
 
 
