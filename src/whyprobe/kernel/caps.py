@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from whyprobe.kernel.elfsym import resolve
-from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.bpfobject import BpfObject, destroy_links
 from whyprobe.kernel.libbpf import BpfError
 from whyprobe.kernel.perf import perf_event_open_cpu_clock
 from whyprobe.kernel.loader import bpf_object_path
@@ -64,40 +64,42 @@ def _libc_path() -> str:
     raise FileNotFoundError("libc is not mapped")
 
 
-def _try(cap: str) -> tuple[bool, str]:
+def _try(cap: str, made: list[BpfObject]) -> tuple[bool, str]:
+    """Load, attach and fire the probe of `cap`; its object goes into `made`, attached, for the caller to close."""
     prog, counter = PROBES[cap]
     try:
-        with BpfObject(bpf_object_path("caps")) as obj:
-            for p in obj.program_names():
-                obj.set_autoload(p, p == prog)
+        obj = BpfObject(bpf_object_path("caps"))
+        made.append(obj)
+        for p in obj.program_names():
+            obj.set_autoload(p, p == prog)
+        if cap == "uprobe":
+            obj.set_classic_uprobe(prog)
+        elif cap == "uprobe_session":
+            obj.set_session_uprobe(prog)
+        obj.set_rodata(target_tgid=os.getpid())
+        obj.load()
+        if cap.startswith("uprobe"):
+            libc = _libc_path()
+            offsets, missing = resolve(libc, ["getppid"])
+            if missing:
+                return False, "getppid not found in libc"
             if cap == "uprobe":
-                obj.set_classic_uprobe(prog)
-            elif cap == "uprobe_session":
-                obj.set_session_uprobe(prog)
-            obj.set_rodata(target_tgid=os.getpid())
-            obj.load()
-            if cap.startswith("uprobe"):
-                libc = _libc_path()
-                offsets, missing = resolve(libc, ["getppid"])
-                if missing:
-                    return False, "getppid not found in libc"
-                if cap == "uprobe":
-                    obj.attach_uprobe(prog, libc, offsets["getppid"], pid=os.getpid())
-                else:  # one link, multi or session by how the program was loaded
-                    obj.attach_uprobe_multi(prog, libc, [offsets["getppid"]], [1], pid=os.getpid())
-            elif cap == "perf_event":
-                return _fire_perf_event(obj, prog, counter)
-            else:
-                obj.attach(prog)
-            calls = 3
-            for _ in range(calls):
-                os.getppid()
-            hits = int(obj.global_u64s(counter)[0])
-            if hits == 0:
-                return False, "attached but never fired"
-            if cap == "uprobe_session" and hits != 2 * calls:
-                return False, f"fired {hits}x for {calls} calls, not once at entry and once at return"
-            return True, f"fired {hits}x"
+                obj.attach_uprobe(prog, libc, offsets["getppid"], pid=os.getpid())
+            else:  # one link, multi or session by how the program was loaded
+                obj.attach_uprobe_multi(prog, libc, [offsets["getppid"]], [1], pid=os.getpid())
+        elif cap == "perf_event":
+            return _fire_perf_event(obj, prog, counter)
+        else:
+            obj.attach(prog)
+        calls = 3
+        for _ in range(calls):
+            os.getppid()
+        hits = int(obj.global_u64s(counter)[0])
+        if hits == 0:
+            return False, "attached but never fired"
+        if cap == "uprobe_session" and hits != 2 * calls:
+            return False, f"fired {hits}x for {calls} calls, not once at entry and once at return"
+        return True, f"fired {hits}x"
     except BpfError as exc:
         if exc.errno == errno.EPERM and privileged():
             return False, f"refused by the kernel (EPERM) even with privileges, at {exc.step}"
@@ -125,9 +127,16 @@ def probe_capabilities() -> dict[str, dict[str, object]]:
     except OSError:
         pass
     out = {}
-    for cap in PROBES:
-        ok, detail = _try(cap)
-        out[cap] = {"ok": ok, "detail": detail}
+    made: list[BpfObject] = []
+    try:
+        for cap in PROBES:
+            ok, detail = _try(cap, made)
+            out[cap] = {"ok": ok, "detail": detail}
+    finally:
+        # Released together: each link's release waits out an RCU grace period, and those overlap.
+        destroy_links([link for obj in made for link in obj.take_links()])
+        for obj in made:
+            obj.close()
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from whyprobe import clock
 from whyprobe.errors import KernelError
-from whyprobe.kernel.bpfobject import BpfObject
+from whyprobe.kernel.bpfobject import BpfObject, destroy_links
 
 SHARED_MAPS = ("events", "payloads", "targets", "stacks")
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -179,8 +179,7 @@ class ProbeSet:
 
     def detach(self) -> None:
         """Destroy every link (objects and maps stay, so rings can still be drained)."""
-        for obj in self.objects:
-            obj.detach_all()
+        destroy_links([link for obj in self.objects for link in obj.take_links()])
 
     def close(self) -> None:
         if self._pidset is not None:

@@ -33,6 +33,7 @@ from whyprobe.kernel.bpfobject import BpfObject
 from whyprobe.kernel.libbpf import map_delete, map_keys, map_lookup
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
+from whyprobe.record import watchdog
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ class Follower:
             self._ring.close()
             self._ring = None
         if self._pipe_w is not None:
+            # Everything held is answered: the byte before EOF tells the watchdog one sweep will do.
+            os.write(self._pipe_w, watchdog.CLEAN_STOP)
             os.close(self._pipe_w)
             self._pipe_w = None
         if self._watchdog is not None:

@@ -3,8 +3,9 @@
 `python -m whyprobe.record.watchdog HELD_FD PIPE_FD`, started by
 record/follow.py with the `held` map and the read end of a pipe whose write
 end only the tracer holds. The read returns at EOF: the tracer closed it on
-a clean stop, or the kernel did because the tracer died (SIGKILL, OOM). Then
-every process still in `held` gets SIGCONT, so no target stays stopped.
+a clean stop (after writing CLEAN_STOP), or the kernel did because the tracer
+died (SIGKILL, OOM). Then every process still in `held` gets SIGCONT, so no
+target stays stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from whyprobe.kernel.libbpf import map_keys, map_lookup
 
 _HELD = struct.Struct("<QIi")
+# Written by the tracer before it closes the pipe on a clean stop, its holds all answered.
+CLEAN_STOP = b"stop"
 
 
 def release_all(held_fd: int) -> int:
@@ -41,9 +44,13 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    while os.read(pipe_fd, 4096):
-        pass
-    # The tracer's links may outlive its pipe by a moment (its fds close one by one): sweep a few times.
+    said = b""
+    while chunk := os.read(pipe_fd, 4096):
+        said += chunk
+    if said == CLEAN_STOP:
+        release_all(held_fd)
+        return 0
+    # The tracer died: its links may outlive its pipe by a moment (its fds close one by one), sweep a few times.
     for _ in range(5):
         release_all(held_fd)
         time.sleep(0.1)
