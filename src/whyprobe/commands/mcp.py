@@ -126,7 +126,9 @@ def serve(db: Path, settings, *, http: bool, nodes: list[str], config=None) -> N
 
     from whyprobe.server.tools import warm_up
 
-    threading.Thread(target=warm_up, args=(state,), name="whyprobe-warm-up", daemon=True).start()
+    stop_warming = threading.Event()
+    warming = threading.Thread(target=warm_up, args=(state, stop_warming), name="whyprobe-warm-up")
+    warming.start()
     print(f"whyprobe mcp: serving {db} ({'http' if http else 'stdio'}); audit log {audit_path}", file=sys.stderr)
     try:
         if http:
@@ -134,4 +136,8 @@ def serve(db: Path, settings, *, http: bool, nodes: list[str], config=None) -> N
         else:
             mcp.run("stdio")
     finally:
+        # The warm-up ends before the interpreter does: numpy running in a daemon thread while the
+        # interpreter finalizes crashed the server (SIGSEGV) when a client left during the warm-up.
+        stop_warming.set()
+        warming.join()
         audit.close()

@@ -233,7 +233,7 @@ class Follower:
             self._ring.close()
             self._ring = None
         if self._pipe_w is not None:
-            # Everything held is answered: the byte before EOF tells the watchdog one sweep will do.
+            # Every hold is answered: CLEAN_STOP before EOF tells the watchdog that one sweep will do.
             os.write(self._pipe_w, watchdog.CLEAN_STOP)
             os.close(self._pipe_w)
             self._pipe_w = None

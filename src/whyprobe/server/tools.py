@@ -374,8 +374,9 @@ def get_test_report_tool(state: ServerState, *, path: str | None) -> ToolResult:
     return ToolResult(summary, {"report": str(report), "sha256_12": digest, **totals, "failed": shown, "failed_omitted": omitted}, len(shown))
 
 
-def warm_up(state: ServerState) -> None:
-    """Fill the caches of the slow, argument-free defaults so an agent's first calls answer fast."""
+def warm_up(state: ServerState, stop: threading.Event) -> None:
+    """Fill the caches of the slow, argument-free defaults so an agent's first calls answer fast;
+    `stop` ends it after the tool in progress."""
     for fn, kwargs in (
         (get_trace_stats_tool, dict(pid=None, source=None, since_ns=None, until_ns=None, limit=20)),
         (get_stacks_tool, dict(op=None, limit=10, max_frames=16)),
@@ -383,6 +384,8 @@ def warm_up(state: ServerState) -> None:
         (get_causal_chains_tool, dict(since_ns=None, until_ns=None, pid=None, op=None, min_severity="low", limit=10)),
         (resolve_causal_chain_tool, dict(event_id=None, since_ns=None, until_ns=None, limit=20)),
     ):
+        if stop.is_set():
+            return
         try:
             fn(state, **kwargs)
         except Exception:  # a tool that cannot answer says so when called; warming is best effort
