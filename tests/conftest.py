@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from testkit import cannot_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -25,11 +26,8 @@ def _bpf_unavailable_reason() -> str | None:
 @pytest.fixture
 def bpf_required() -> None:
     reason = _bpf_unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("WHYPROBE_REQUIRE_BPF") == "1":
-        pytest.fail(f"kernel test cannot run ({reason}) but WHYPROBE_REQUIRE_BPF=1")
-    pytest.skip(reason)
+    if reason is not None:
+        cannot_run(f"kernel test: {reason}")
 
 
 @pytest.fixture

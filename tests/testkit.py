@@ -3,13 +3,23 @@ tests/, where the root conftest.py lives, on sys.path)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
 import time
-from typing import Callable
+from typing import Callable, NoReturn
+
+import pytest
 
 from whyprobe.record.capture import READY_LINE
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """Skip the test here; in CI (WHYPROBE_REQUIRE_BPF=1), where kernel tests must run, fail it."""
+    if os.environ.get("WHYPROBE_REQUIRE_BPF") == "1":
+        pytest.fail(f"cannot run ({reason}) but WHYPROBE_REQUIRE_BPF=1")
+    pytest.skip(reason)
 
 
 def free_port() -> int:

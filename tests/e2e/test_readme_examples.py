@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import readme_examples as rx
+from testkit import cannot_run
 
 from whyprobe.demo.scenarios import mcp
 
@@ -78,9 +79,7 @@ def seed(tmp_path_factory, tls_cert) -> Path:
 
     reason = _bpf_unavailable_reason()
     if reason is not None:
-        if os.environ.get("WHYPROBE_REQUIRE_BPF") == "1":
-            pytest.fail(f"README examples cannot run ({reason}) but WHYPROBE_REQUIRE_BPF=1")
-        pytest.skip(reason)
+        cannot_run(f"README examples: {reason}")
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared test data not found at {SHARED_DATA}")
     ws = tmp_path_factory.mktemp("readme")

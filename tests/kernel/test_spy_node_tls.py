@@ -22,6 +22,7 @@ import subprocess
 import pytest
 from spy_http_pair import free_port, wait_listening
 from spy_peers import HERE, PY, SERVER, jsonl
+from testkit import cannot_run
 
 from whyprobe.commands import main
 
@@ -38,9 +39,7 @@ def node() -> str:
     node = shutil.which("node")
     if node is None or not SDK.is_file():
         reason = "node or the npm test peers missing: run `make test` or `npm ci --prefix tests/node`"
-        if os.environ.get("WHYPROBE_REQUIRE_BPF") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        cannot_run(reason)
     return node
 
 

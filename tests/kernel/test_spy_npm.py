@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import sqlite3
 import time
 
 import pytest
 from spy_peers import CLIENT, HERE
+from testkit import cannot_run
 
 from whyprobe.commands import main
 
@@ -27,9 +27,7 @@ def node_server() -> list[str]:
     node = shutil.which("node")
     if node is None or not FS_SERVER.is_file():
         reason = "npm test peers not installed: run `make test` or `npm ci --prefix tests/node`"
-        if os.environ.get("WHYPROBE_REQUIRE_BPF") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        cannot_run(reason)
     return [node, str(FS_SERVER)]
 
 
