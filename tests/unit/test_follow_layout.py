@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from whyprobe.record.follow import HELD, LIBNAME_LEN, LIBNAMES, NOTICE_DTYPE, pack_libnames
+from whyprobe.record.follow import LIBNAME_LEN, LIBNAMES, NOTICE_DTYPE, pack_libnames
+from whyprobe.record.watchdog import HELD
 
 OBJ = Path(__file__).resolve().parents[2] / "src/whyprobe/bpf/follow.bpf.o"
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 
 from whyprobe.kernel import caps
 from whyprobe.kernel.bpfobject import BpfObject
-from whyprobe.kernel.libbpf import map_delete, map_keys, map_lookup
+from whyprobe.kernel.libbpf import map_delete
 from whyprobe.kernel.loader import ProbeSet
 from whyprobe.kernel.ring import RingReader
 from whyprobe.record import watchdog
@@ -45,7 +44,6 @@ NOTICE_DTYPE = np.dtype(
     [("ts_ns", "<u8"), ("start_ns", "<u8"), ("kind", "<u4"), ("pid", "<u4"), ("tid", "<u4"), ("ppid", "<u4"), ("fd", "<i4"), ("args_len", "<u4"),
      ("comm", "S16"), ("path", "S%d" % NOTICE_PATH), ("args", "V%d" % NOTICE_ARGS)]
 )
-HELD = struct.Struct("<QIi")  # struct wp_held: ts_ns, pid, fd
 # Forks, exits and execs are read this often (a hold wakes the follower at once).
 POLL_MS = 20
 
@@ -194,11 +192,7 @@ class Follower:
         """Attach (if asked) to what each held thread opened, then continue its process."""
         fd = self.obj.map_fd("held")
         released = 0
-        for key in list(map_keys(fd, 4)):
-            raw = map_lookup(fd, key, HELD.size)
-            if raw is None:
-                continue
-            ts, pid, lib_fd = HELD.unpack(raw)
+        for key, ts, pid, lib_fd in watchdog.held_entries(fd):
             tid = struct.unpack("<I", key)[0]
             if attach and self.on_library:
                 try:
@@ -209,10 +203,7 @@ class Follower:
                     self.warnings += self.on_library(pid, path)
                     self.holds.append(Hold(pid, tid, path, time.monotonic_ns() - ts))
             map_delete(fd, key)
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+            watchdog.resume(pid)
             released += 1
         return released
 

@@ -18,24 +18,35 @@ import time
 
 from whyprobe.kernel.libbpf import map_keys, map_lookup
 
-_HELD = struct.Struct("<QIi")
+HELD = struct.Struct("<QIi")  # struct wp_held (bpf/follow.bpf.c): ts_ns, pid, fd of the file opened
 # Written by the tracer before it closes the pipe on a clean stop, its holds all answered.
 CLEAN_STOP = b"stop"
 
 
+def held_entries(held_fd: int) -> list[tuple[bytes, int, int, int]]:
+    """(key, ts_ns, pid, fd) of every thread in `held` now."""
+    out = []
+    for key in list(map_keys(held_fd, 4)):
+        raw = map_lookup(held_fd, key, HELD.size)
+        if raw is not None:
+            out.append((key, *HELD.unpack(raw)))
+    return out
+
+
+def resume(pid: int) -> None:
+    """SIGCONT a held process, if it is still there."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 def release_all(held_fd: int) -> int:
     """SIGCONT every process in `held`; how many entries there were."""
-    n = 0
-    for key in list(map_keys(held_fd, 4)):
-        raw = map_lookup(held_fd, key, _HELD.size)
-        if raw is None:
-            continue
-        n += 1
-        try:
-            os.kill(_HELD.unpack(raw)[1], signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    return n
+    entries = held_entries(held_fd)
+    for _, _, pid, _ in entries:
+        resume(pid)
+    return len(entries)
 
 
 def main(argv: list[str]) -> int:
